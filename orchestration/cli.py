@@ -1,0 +1,36 @@
+"""`reasonforge` (= `python -m orchestration.pipeline`): Hydra parses, the driver runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from orchestration.config import RootConfig, register_configs
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+register_configs()
+
+
+def to_root(cfg: DictConfig) -> RootConfig:
+    """Typed config object; dataclass `__post_init__` checks run here, before anything starts."""
+    return OmegaConf.to_object(cfg)
+
+
+def compose(overrides: list[str] | None = None) -> RootConfig:
+    """The config `reasonforge <overrides>` would run with (for tests and notebooks)."""
+    with hydra.initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        return to_root(hydra.compose(config_name="config", overrides=overrides or []))
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base=None)
+def main(cfg: DictConfig) -> None:
+    from orchestration.pipeline import run_pipeline
+
+    run_pipeline(to_root(cfg))
+
+
+if __name__ == "__main__":
+    main()

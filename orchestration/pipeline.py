@@ -1,0 +1,160 @@
+"""The pipeline driver: runs the selected stages in order on Ray, skipping what is already done.
+
+Run directory layout (`<cluster.storage_path>/<run_name>/`):
+  pipeline.log          the run log (Hydra's), with any stage's traceback
+  <stage>/manifest.json what the stage ran with and produced; present only once it finished
+  <stage>/...           the stage's outputs, published atomically with the manifest
+  _work/<stage>/        state that must survive a crash (checkpoints to resume from)
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import asdict, is_dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from orchestration.artifacts import MANIFEST, Manifest, hash_json, hash_path, layout_of, versions
+from orchestration.cluster import connect
+from orchestration.config import RootConfig
+from orchestration.stages import STAGES, StageSpec
+from training.atomic import atomic_dir, atomic_write_json
+from training.stage import StageContext
+from training.tracking import Tracker
+
+log = logging.getLogger("reasonforge.pipeline")
+
+
+def resolve_stages(names: list[str]) -> list[StageSpec]:
+    """Selected stages in pipeline order; unknown names fail with the list of known ones."""
+    unknown = [n for n in names if n not in STAGES]
+    if unknown:
+        raise ValueError(f"stages: unknown stage(s) {unknown}; known stages, in order: {list(STAGES)}")
+    return [spec for name, spec in STAGES.items() if name in names]
+
+
+def config_slice(cfg: RootConfig, keys: tuple[str, ...]) -> dict:
+    return {k: asdict(v) if is_dataclass(v) else v for k, v in ((k, getattr(cfg, k)) for k in keys)}
+
+
+def run_pipeline(cfg: RootConfig) -> dict[str, Manifest]:
+    """Run `cfg.stages`; returns each stage's manifest (fresh or reused)."""
+    specs = resolve_stages(cfg.stages)
+    run_dir = Path(cfg.cluster.storage_path) / cfg.run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    connect(cfg.cluster)
+    done: dict[str, Manifest] = {}
+    ran: list[str] = []
+    started = time.time()
+    for spec in specs:
+        for need in spec.needs:
+            if need not in done:
+                done[need] = _finished_upstream(run_dir, spec.name, need)
+        slice_ = config_slice(cfg, spec.config_keys)
+        config_hash = hash_json(slice_)
+        inputs = {need: done[need].fingerprint for need in spec.needs}
+        stage_dir = run_dir / spec.name
+        old = Manifest.load(stage_dir)
+        reason = _rerun_reason(old, config_hash, inputs, stage_dir) if cfg.resume else "resume=false"
+        if reason is None:
+            log.info(
+                "[%s] skipped: finished earlier with the same config and inputs (%s)", spec.name, stage_dir
+            )
+            done[spec.name] = old
+            continue
+        log.info("[%s] running: %s", spec.name, reason)
+        done[spec.name] = _run_stage(spec, cfg, run_dir, slice_, config_hash, inputs, done)
+        ran.append(spec.name)
+    _print_summary(run_dir, specs, done, ran, time.time() - started)
+    return done
+
+
+def _finished_upstream(run_dir: Path, stage: str, need: str) -> Manifest:
+    manifest = Manifest.load(run_dir / need)
+    if manifest is None or not manifest.outputs_intact(run_dir / need):
+        raise RuntimeError(
+            f"stage {stage!r} needs stage {need!r}, which has no finished output in {run_dir}; "
+            f"add {need!r} to `stages`"
+        )
+    return manifest
+
+
+def _rerun_reason(old: Manifest | None, config_hash: str, inputs: dict, stage_dir: Path) -> str | None:
+    if old is None:
+        return "no finished manifest"
+    if old.config_hash != config_hash:
+        return f"config changed ({old.config_hash} -> {config_hash})"
+    if old.inputs != inputs:
+        return "inputs changed (an upstream stage re-ran)"
+    if not old.outputs_intact(stage_dir):
+        return "outputs missing or modified"
+    return None
+
+
+def _run_stage(spec, cfg, run_dir, slice_, config_hash, inputs, done) -> Manifest:
+    stage_dir = run_dir / spec.name
+    for stale in run_dir.glob(f".{spec.name}.*.partial"):  # left by a killed attempt
+        shutil.rmtree(stale, ignore_errors=True)
+    started = time.time()
+    try:
+        with atomic_dir(stage_dir) as out_dir:
+            tracker = Tracker(out_dir, f"{cfg.run_name}/{spec.name}", cfg.logging, config=slice_)
+            try:
+                ctx = StageContext(
+                    name=spec.name,
+                    run_dir=run_dir,
+                    out_dir=out_dir,
+                    work_dir=run_dir / "_work" / spec.name,
+                    tracker=tracker,
+                    artifacts={s: m.absolute_outputs(run_dir / s) for s, m in done.items()},
+                    upstream_metrics={s: m.metrics for s, m in done.items()},
+                )
+                result = spec.run(cfg, ctx)
+            finally:
+                tracker.close()
+            missing = [n for n, rel in result.outputs.items() if not (out_dir / rel).exists()]
+            if missing:
+                raise RuntimeError(f"stage {spec.name!r} declared outputs it did not write: {missing}")
+            manifest = Manifest(
+                stage=spec.name,
+                config_hash=config_hash,
+                config=slice_,
+                inputs=inputs,
+                outputs=dict(result.outputs),
+                output_hashes={n: hash_path(out_dir / rel) for n, rel in result.outputs.items()},
+                output_layout={n: layout_of(out_dir / rel) for n, rel in result.outputs.items()},
+                metrics=dict(result.metrics),
+                wall_time_s=round(time.time() - started, 3),
+                finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                versions=versions(),
+            )
+            atomic_write_json(out_dir / MANIFEST, manifest.to_json())
+    except BaseException:
+        log.exception(
+            "[%s] failed after %.1fs; earlier stages' outputs are untouched", spec.name, time.time() - started
+        )
+        raise
+    log.info("[%s] finished in %.1fs -> %s", spec.name, manifest.wall_time_s, stage_dir)
+    return manifest
+
+
+def _print_summary(run_dir: Path, specs, done: dict[str, Manifest], ran: list[str], wall: float) -> None:
+    lines = [
+        f"\nReasonForge run {run_dir} ({wall:.1f}s)",
+        f"{'stage':<10}{'status':<9}{'wall s':>9}  outputs",
+    ]
+    for spec in specs:
+        m = done[spec.name]
+        status = "ran" if spec.name in ran else "skipped"
+        lines.append(f"{spec.name:<10}{status:<9}{m.wall_time_s:>9.1f}  {run_dir / spec.name}")
+        for name, rel in m.outputs.items():
+            lines.append(f"{'':<30}{name}: {run_dir / spec.name / rel}")
+    log.info("\n".join(lines))
+
+
+if __name__ == "__main__":
+    from orchestration.cli import main
+
+    main()

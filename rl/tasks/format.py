@@ -1,0 +1,54 @@
+"""The answer format every task uses: `<think>{reasoning}</think> <answer>{final}</answer>`.
+
+The reasoning is free text; the verifier reads only the answer. Extraction is deliberately
+forgiving about what surrounds the tags (leading text, a trailing `<|endoftext|>`, whitespace inside
+the answer) and strict about the tags themselves: no closed `<answer>…</answer>` pair, no answer.
+When a completion holds several answer pairs the last one counts, so hedging by listing many
+answers earns nothing more than the last of them.
+"""
+
+from __future__ import annotations
+
+from training.tokenizer import ANSWER_CLOSE, ANSWER_OPEN, EOS, FORMAT_TAGS, THINK_CLOSE, THINK_OPEN
+
+# Longest answer text the verifiers look at; anything longer is garbage, not a number or expression.
+MAX_ANSWER_CHARS = 200
+
+
+def format_solution(reasoning: str, answer: str) -> str:
+    """A completion in the answer format."""
+    for tag in FORMAT_TAGS:
+        if tag in reasoning or tag in answer:
+            raise ValueError(
+                f"reasoning and answer must not contain the tag {tag!r}: {reasoning!r} / {answer!r}"
+            )
+    return f"{THINK_OPEN}{reasoning}{THINK_CLOSE} {ANSWER_OPEN}{answer}{ANSWER_CLOSE}"
+
+
+def extract_answer(completion: object) -> str | None:
+    """The stripped text of the last closed `<answer>…</answer>` pair, or None if there is none."""
+    # rfind, not a regex: a lazy `<answer>(.*?)</answer>` rescans the tail once per unclosed tag,
+    # which is quadratic on adversarial completions.
+    if not isinstance(completion, str):
+        return None
+    end = completion.rfind(ANSWER_CLOSE)
+    start = completion.rfind(ANSWER_OPEN, 0, max(end, 0))
+    if end < 0 or start < 0:
+        return None
+    answer = completion[start + len(ANSWER_OPEN) : end].strip()
+    return answer if len(answer) <= MAX_ANSWER_CHARS else None
+
+
+def is_well_formed(completion: object) -> bool:
+    """True when the completion is exactly one think block, then one answer block, then EOS or nothing."""
+    if not isinstance(completion, str) or any(completion.count(tag) != 1 for tag in FORMAT_TAGS):
+        return False
+    think_open, think_close, answer_open, answer_close = (completion.index(tag) for tag in FORMAT_TAGS)
+    if not think_open < think_close < answer_open < answer_close:
+        return False
+    tail = completion[answer_close + len(ANSWER_CLOSE) :].strip()
+    return (
+        not completion[:think_open].strip()
+        and not completion[think_close + len(THINK_CLOSE) : answer_open].strip()
+        and tail in ("", EOS)
+    )

@@ -1,0 +1,46 @@
+"""The config tree: defaults compose, typos and wrong types fail at start naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from orchestration.cli import compose
+from orchestration.config import RootConfig
+
+
+def test_default_config_composes_to_typed_objects():
+    cfg = compose()
+    assert isinstance(cfg, RootConfig)
+    assert cfg.stages[0] == "data"
+    assert cfg.cluster.address is None and cfg.logging.wandb_mode == "offline"
+
+
+def test_override_reaches_typed_field():
+    cfg = compose(["pretrain.max_steps=7", "run_name=x"])
+    assert cfg.pretrain.max_steps == 7 and cfg.run_name == "x"
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [("pretrain.lrr=1", "lrr"), ("task.seeed=3", "seeed"), ("pretrain.max_steps=abc", "max_steps")],
+)
+def test_bad_override_fails_naming_the_key(override, named):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose([override])
+    assert named in str(err.value) + str(err.value.__cause__)
+
+
+def test_cli_exits_nonzero_on_misspelt_key():
+    # The real console entry point, as a user would type it.
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestration.pipeline", "pretrain.lrr=1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "lrr" in proc.stderr and "pretrain" in proc.stderr
