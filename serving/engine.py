@@ -1,0 +1,522 @@
+"""The inference engine behind RL rollouts and the Serve app: batched, cached, optionally speculative.
+
+One decode loop serves plain and speculative decoding: each step the proposer drafts k tokens (k=0
+without one), the target scores the pending token(s) plus the drafts in one forward pass, and
+`speculative.accept` keeps a prefix of the drafts and samples one more token. The first step's
+pending input is the whole prompt, so prefill is just a long step.
+
+KV cache layout (per model, `CachedModel`): one HF `DynamicCache` whose slots are shared by the
+batch, plus a 2D slot mask and each row's next position. Prompts are left-padded; tokens carry
+their true positions (`position_ids`), so a slot's index never matters, only the mask. When rows
+of a batch accept different numbers of drafts, each row's rejected slots are masked out in place
+(holes) and only the slots every row rejected are cropped. Holes cost attention over a few dead
+slots but no copying; RoPE keys are stored with true positions, so holes change nothing else.
+Rows that finish leave the batch (`DynamicCache.batch_select_indices`). Batching is static:
+sequences are taken `max_batch_size` at a time, shortest prompts first.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
+
+from serving.metrics import EngineStats
+from serving.ngram import NgramProposer
+from serving.protocol import Completion, RequestMetrics, SamplingParams
+from serving.sampling import SamplingTensors, draw_uniforms, process_logits, token_logprobs
+from serving.speculative import (
+    AcceptanceTracker,
+    Draft,
+    DraftModelProposer,
+    Proposer,
+    SpeculativeConfig,
+    accept,
+    choose_k,
+)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Map "auto" to cuda when available, else cpu."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class CachedModel:
+    """A causal LM and its KV cache over a batch; slots may be masked holes (see module doc)."""
+
+    def __init__(self, model: PreTrainedModel, batch_size: int, device: torch.device):
+        self.model = model
+        self.cache = DynamicCache(config=model.config)
+        # (B, slots): 1 = a real token, 0 = left padding or a rolled-back draft
+        self.mask = torch.zeros(batch_size, 0, dtype=torch.long, device=device)
+        # (B,): the position the row's next real token takes
+        self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)
+
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
+        """Append (B, T) tokens (valid=False: a hole) and return the last `logits_to_keep` logits."""
+        positions = (self.next_pos.unsqueeze(1) + valid.long().cumsum(1) - 1).clamp(min=0)
+        self.mask = torch.cat([self.mask, valid.long()], dim=1)
+        out = self.model(
+            input_ids=tokens,
+            attention_mask=self.mask,
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+        )
+        self.next_pos += valid.sum(dim=1)
+        return out.logits
+
+    def rollback(self, n_drop: torch.Tensor) -> None:
+        """Forget the last n_drop[b] slots of row b: masked where rows differ, cropped where all agree."""
+        width = self.mask.shape[1]
+        dropped = torch.arange(width, device=self.mask.device) >= (width - n_drop).unsqueeze(1)
+        self.next_pos -= (self.mask.bool() & dropped).sum(dim=1)
+        self.mask = self.mask.masked_fill(dropped, 0)
+        common = int(n_drop.min()) if n_drop.numel() else 0
+        if common:
+            self.cache.crop(-common)
+            self.mask = self.mask[:, :-common]
+
+    def select(self, keep: torch.Tensor) -> None:
+        self.cache.batch_select_indices(keep)
+        self.mask, self.next_pos = self.mask[keep], self.next_pos[keep]
+
+
+@contextmanager
+def _decode_experts(model: PreTrainedModel) -> Iterator[None]:
+    """MoE experts as 'batched_mm' while decoding off-CPU, as transformers' generate does.
+
+    With a few tokens per step, gathering each token's expert weights (batched_mm) beats
+    grouped_mm's sort-and-group by ~4x per MoE layer on an H100 (measured on the benchmark's tiny
+    model); prefill keeps grouped_mm, which does not copy weights per token.
+    """
+    get = getattr(model, "get_experts_implementation", None)
+    original = get() if get is not None else {}
+    switch = model.device.type != "cpu" and "grouped_mm" in original.values()
+    if switch:
+        model.set_experts_implementation(
+            {k: "batched_mm" if v == "grouped_mm" else v for k, v in original.items()}
+        )
+    try:
+        yield
+    finally:
+        if switch:
+            model.set_experts_implementation(original)
+
+
+def _draft_proposer(engine: Engine, batch: int) -> Proposer:
+    return DraftModelProposer(CachedModel(engine.draft_model, batch, engine.device))
+
+
+def _ngram_proposer(engine: Engine, batch: int) -> Proposer:
+    return NgramProposer(engine.speculative.ngram_min, engine.speculative.ngram_max)
+
+
+PROPOSERS: dict[str, Callable[[Engine, int], Proposer]] = {"draft": _draft_proposer, "ngram": _ngram_proposer}
+
+
+class StopChecker:
+    """Incremental detokenisation (vLLM's prefix/read offsets) and stop-string search on new text only."""
+
+    def __init__(self, tokenizer, stops: Sequence[str]):
+        self.tokenizer, self.stops = tokenizer, list(stops)
+        self.longest = max(len(s) for s in self.stops)
+        self.ids: list[int] = []
+        self.prefix = self.read = 0
+        self.text = ""
+
+    def add(self, token_id: int) -> bool:
+        """Append one token; True once the text contains a stop string."""
+        self.ids.append(token_id)
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
+        after = decode(self.ids[self.prefix :], skip_special_tokens=True)
+        if len(after) <= len(before) or after.endswith("\ufffd"):  # mid-character: wait for more bytes
+            return False
+        start = max(0, len(self.text) - self.longest + 1)
+        self.text += after[len(before) :]
+        self.prefix, self.read = self.read, len(self.ids)
+        return any(s in self.text[start:] for s in self.stops)
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return text[: min(hits)] if hits else text
+
+
+@dataclass
+class _Sequence:
+    """Host-side state of one completion in flight."""
+
+    prompt_index: int
+    sample_index: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    max_new: int
+    generator: torch.Generator
+    stop_checker: StopChecker | None
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: str | None = None
+    first_token_s: float = 0.0
+    latency_s: float = 0.0
+    verify_steps: int = 0
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+
+    def extend(self, tokens: list[int], logprobs: list[float], eos_ids: frozenset[int]) -> bool:
+        """Take one step's tokens in order until a finish condition; True when finished."""
+        for tok, lp in zip(tokens, logprobs, strict=True):
+            self.token_ids.append(tok)
+            self.logprobs.append(lp)
+            if tok in eos_ids and not self.params.ignore_eos:
+                self.finish_reason = "stop"
+            elif self.stop_checker is not None and self.stop_checker.add(tok):
+                self.finish_reason = "stop"
+            elif len(self.token_ids) >= self.max_new:
+                self.finish_reason = "length"
+            if self.finish_reason:
+                return True
+        return False
+
+
+@dataclass
+class _Step:
+    """What one verify step produced for each row."""
+
+    draft: Draft
+    n_accepted: torch.Tensor  # (B,) drafts kept
+    next_tokens: torch.Tensor  # (B,) the token sampled after them
+    emitted: torch.Tensor  # (B, k_used+1): row b emits emitted[b, : n_accepted[b] + 1]
+    logprobs: torch.Tensor | None  # (B, k_used+1) target log-probs of `emitted`
+
+
+@dataclass
+class _Batch:
+    """Device-side state of one static batch; rows leave as their sequences finish."""
+
+    seqs: list[_Sequence]
+    target: CachedModel
+    proposer: Proposer | None
+    params: SamplingTensors
+    pending: torch.Tensor  # (B, P) tokens the target has not seen yet (the prompt, then 1 per step)
+    pending_valid: torch.Tensor  # (B, P) False = left padding
+    k: int  # drafts per step (0 without a proposer)
+    tracker: AcceptanceTracker
+    want_logprobs: bool
+
+    def advance(self, next_tokens: torch.Tensor, finished: list[bool]) -> None:
+        """Drop finished rows; the sampled tokens are the next step's pending input."""
+        if any(finished):
+            keep_list = [i for i, f in enumerate(finished) if not f]
+            self.seqs = [self.seqs[i] for i in keep_list]
+            if not self.seqs:
+                return
+            keep = torch.tensor(keep_list, dtype=torch.long, device=next_tokens.device)
+            self.target.select(keep)
+            if self.proposer is not None:
+                self.proposer.select(keep)
+            self.params, next_tokens = self.params.select(keep), next_tokens[keep]
+        self.pending = next_tokens.unsqueeze(1)
+        self.pending_valid = torch.ones_like(self.pending, dtype=torch.bool)
+
+
+def _derive_seed(seed: int, sample_index: int) -> int:
+    # str seeds go through SHA-512 in `random`, so (seed, i) pairs don't collide like seed + i would.
+    return random.Random(f"{seed}:{sample_index}").getrandbits(63)
+
+
+class Engine:
+    """Generates completions for a batch of prompts with one HF causal LM (MoE or dense).
+
+    Not thread-safe across concurrent generate() calls on a GPU; a Serve replica calls it from one
+    thread at a time.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer=None,
+        *,
+        draft_model: PreTrainedModel | None = None,
+        speculative: SpeculativeConfig | None = None,
+        max_batch_size: int = 64,
+        seed: int | None = None,  # draws the seeds of requests that bring none
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer  # None: prompts must be token ids and text comes back empty
+        self.device = next(model.parameters()).device
+        self.draft_model = draft_model.eval() if draft_model is not None else None
+        self.speculative = speculative
+        self.max_batch_size = max_batch_size
+        self.stats = EngineStats()
+        self._seeds = random.Random(seed)
+        self.eos_ids = self._eos_ids()
+        self._check_speculative()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_dir: str | Path,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype | None = None,
+        *,
+        draft_dir: str | Path | None = None,
+        speculative: SpeculativeConfig | None = None,
+        max_batch_size: int = 64,
+        seed: int | None = None,
+    ) -> Engine:
+        """Load a local HF directory (and optionally a draft model's). dtype None: fp32 on CPU, bf16 on CUDA.
+
+        The tokenizer is read from model_dir when it holds one; otherwise the engine works on ids.
+        """
+        device = resolve_device(device)
+        if dtype is None:
+            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        if isinstance(dtype, str):
+            if dtype not in DTYPES:
+                raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
+            dtype = DTYPES[dtype]
+        model = _load_model(model_dir, device, dtype)
+        draft = _load_model(draft_dir, device, dtype) if draft_dir is not None else None
+        has_tokenizer = any(
+            (Path(model_dir) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")
+        )
+        tokenizer = AutoTokenizer.from_pretrained(model_dir) if has_tokenizer else None
+        return cls(
+            model,
+            tokenizer,
+            draft_model=draft,
+            speculative=speculative,
+            max_batch_size=max_batch_size,
+            seed=seed,
+        )
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: Sequence[str] | Sequence[Sequence[int]],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+    ) -> list[Completion]:
+        """Complete each prompt (text, or token ids) params.n times; returns prompt-major order.
+
+        `params` is one SamplingParams for all prompts or one per prompt.
+        """
+        start = time.perf_counter()
+        seqs = self._sequences(prompts, params)
+        by_length = sorted(seqs, key=lambda s: len(s.prompt_ids))
+        for i in range(0, len(by_length), self.max_batch_size):
+            self._decode(by_length[i : i + self.max_batch_size], start)
+        completions = [self._completion(s) for s in seqs]
+        self.stats.record(completions, time.perf_counter() - start)
+        return completions
+
+    def _decode(self, seqs: list[_Sequence], start: float) -> None:
+        """Run one static batch to completion, filling each _Sequence in place."""
+        batch = self._start_batch(seqs)
+        self._advance(batch, start)  # prefill: the whole prompt in one step
+        with ExitStack() as stack:
+            for model in (self.model, self.draft_model):
+                if model is not None:
+                    stack.enter_context(_decode_experts(model))
+            while batch.seqs:
+                self._advance(batch, start)
+
+    def _advance(self, batch: _Batch, start: float) -> None:
+        step = self._step(batch)
+        finished = self._record_step(batch.seqs, step, time.perf_counter() - start)
+        cfg = self.speculative
+        if cfg is not None and cfg.adaptive and step.draft.tokens.shape[1]:
+            alpha = batch.tracker.update(step.n_accepted, step.draft.valid.sum(dim=1))
+            batch.k = choose_k(alpha, cfg.draft_cost, cfg.k_min, cfg.k_max)
+        batch.advance(step.next_tokens, finished)
+
+    def _start_batch(self, seqs: list[_Sequence]) -> _Batch:
+        pending, pending_valid = self._left_pad([s.prompt_ids for s in seqs])
+        proposer = PROPOSERS[self.speculative.method](self, len(seqs)) if self.speculative else None
+        if proposer is not None:
+            proposer.start(pending, pending_valid)
+        params = SamplingTensors.build(
+            [s.params.temperature for s in seqs],
+            [s.params.top_k for s in seqs],
+            [s.params.top_p for s in seqs],
+            self.device,
+        )
+        return _Batch(
+            seqs=seqs,
+            target=CachedModel(self.model, len(seqs), self.device),
+            proposer=proposer,
+            params=params,
+            pending=pending,
+            pending_valid=pending_valid,
+            k=self.speculative.k if self.speculative else 0,
+            tracker=AcceptanceTracker(),
+            want_logprobs=any(s.params.logprobs for s in seqs),
+        )
+
+    def _step(self, b: _Batch) -> _Step:
+        """Draft k tokens, verify them with one target pass, keep a prefix plus one sampled token."""
+        k = min(b.k, max(s.max_new - len(s.token_ids) for s in b.seqs) - 1)  # no drafts past max_tokens
+        u = draw_uniforms([s.generator for s in b.seqs], 2 * k + 1, self.device)  # draft | accept | sample
+        draft = b.proposer.propose(k, b.params, u[:, :k]) if k else Draft.empty(len(b.seqs), self.device)
+        k_used = draft.tokens.shape[1]  # < k when no row's n-gram lookup filled the tail
+        inputs = torch.cat([b.pending, draft.tokens], dim=1)
+        valid = torch.cat([b.pending_valid, torch.ones_like(draft.tokens, dtype=torch.bool)], dim=1)
+        logits = b.target.forward(inputs, valid, logits_to_keep=k_used + 1).flatten(0, 1)  # (B*(k_used+1), V)
+        p = process_logits(logits, b.params.repeat_interleave(k_used + 1)).view(len(b.seqs), k_used + 1, -1)
+        n_accepted, next_tokens = accept(p, draft, u[:, k : k + k_used], u[:, 2 * k])
+        b.target.rollback(k_used - n_accepted)
+        if b.proposer is not None:
+            b.proposer.commit(n_accepted, next_tokens)
+        emitted = torch.cat([draft.tokens, next_tokens.unsqueeze(1)], dim=1)
+        emitted = emitted.scatter(1, n_accepted.unsqueeze(1), next_tokens.unsqueeze(1))  # (B, k_used+1)
+        logprobs = None
+        if b.want_logprobs:
+            temperature = b.params.temperature.repeat_interleave(k_used + 1)
+            logprobs = token_logprobs(logits, emitted.flatten(), temperature).view(emitted.shape)
+        return _Step(draft, n_accepted, next_tokens, emitted, logprobs)
+
+    def _record_step(self, seqs: list[_Sequence], step: _Step, now: float) -> list[bool]:
+        """Hand each row its accepted tokens; which rows finished. One device-to-host copy of ids."""
+        counts = torch.stack([step.n_accepted, step.draft.valid.sum(dim=1)], dim=1)
+        rows = torch.cat([counts, step.emitted], dim=1).tolist()  # (B, 2 + k_used + 1)
+        logprobs = (
+            step.logprobs.tolist() if step.logprobs is not None else [[0.0] * (len(r) - 2) for r in rows]
+        )
+        finished = []
+        for s, (n, n_proposed, *toks), lps in zip(seqs, rows, logprobs, strict=True):
+            if not s.token_ids:
+                s.first_token_s = now
+            s.verify_steps += 1
+            s.draft_tokens += n_proposed
+            s.accepted_tokens += n
+            done = s.extend(toks[: n + 1], lps[: n + 1], self.eos_ids)
+            if done:
+                s.latency_s = now
+            finished.append(done)
+        return finished
+
+    def _sequences(self, prompts, params) -> list[_Sequence]:
+        if isinstance(prompts, str):
+            raise TypeError("Engine.generate takes a list of prompts; wrap a single prompt in a list")
+        if params is None or isinstance(params, SamplingParams):
+            params = [params or SamplingParams()] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError(
+                f"got {len(params)} SamplingParams for {len(prompts)} prompts; pass one, or one per prompt"
+            )
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        seqs = []
+        for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
+            ids = self._encode(prompt)
+            room = p.max_tokens if limit is None else min(p.max_tokens, limit - len(ids))
+            if room < 1:
+                raise ValueError(f"prompt {i} has {len(ids)} tokens; the model's context is {limit} tokens")
+            if p.stop and self.tokenizer is None:
+                raise ValueError("SamplingParams.stop needs a tokenizer; this engine was built without one")
+            seed = p.seed if p.seed is not None else self._seeds.getrandbits(63)
+            for j in range(p.n):
+                checker = StopChecker(self.tokenizer, p.stop) if p.stop else None
+                gen = torch.Generator().manual_seed(_derive_seed(seed, j))
+                seqs.append(_Sequence(i, j, ids, p, room, gen, checker))
+        return seqs
+
+    def _encode(self, prompt: str | Sequence[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError(
+                    "text prompts need a tokenizer; this engine was built without one (pass token ids)"
+                )
+            ids = self.tokenizer.encode(prompt)
+        else:
+            ids = [int(t) for t in prompt]
+        if not ids:
+            raise ValueError("empty prompt: the model needs at least one token to condition on")
+        return ids
+
+    def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(p) for p in prompts)
+        tokens = torch.zeros(len(prompts), width, dtype=torch.long)
+        valid = torch.zeros(len(prompts), width, dtype=torch.bool)
+        for b, p in enumerate(prompts):
+            tokens[b, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            valid[b, width - len(p) :] = True
+        return tokens.to(self.device), valid.to(self.device)
+
+    def _completion(self, s: _Sequence) -> Completion:
+        text = ""
+        if self.tokenizer is not None:
+            text = self.tokenizer.decode(s.token_ids, skip_special_tokens=True)
+            text = cut_at_stop(text, s.params.stop) if s.finish_reason == "stop" and s.params.stop else text
+        metrics = RequestMetrics(
+            latency_s=s.latency_s,
+            first_token_s=s.first_token_s,
+            prompt_tokens=len(s.prompt_ids),
+            generated_tokens=len(s.token_ids),
+            verify_steps=s.verify_steps,
+            draft_tokens=s.draft_tokens,
+            accepted_tokens=s.accepted_tokens,
+        )
+        return Completion(
+            prompt_index=s.prompt_index,
+            sample_index=s.sample_index,
+            prompt_token_ids=list(s.prompt_ids),
+            token_ids=s.token_ids,
+            text=text,
+            logprobs=s.logprobs if s.params.logprobs else None,
+            finish_reason=s.finish_reason,
+            metrics=metrics,
+        )
+
+    def _eos_ids(self) -> frozenset[int]:
+        ids: set[int] = set()
+        for source in (self.tokenizer, getattr(self.model, "generation_config", None), self.model.config):
+            eos = getattr(source, "eos_token_id", None)
+            ids.update(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+        return frozenset(int(i) for i in ids)
+
+    def _check_speculative(self) -> None:
+        cfg = self.speculative
+        if cfg is None:
+            return
+        if cfg.method not in PROPOSERS:
+            raise ValueError(f"SpeculativeConfig.method={cfg.method!r} is not one of {sorted(PROPOSERS)}")
+        layer_types = getattr(self.model.config, "layer_types", None) or []
+        if "sliding_attention" in layer_types:
+            raise ValueError(
+                "speculative decoding needs full-attention layers: masked rollback slots would "
+                "shrink a sliding window"
+            )
+        if cfg.method == "draft":
+            if self.draft_model is None:
+                raise ValueError(
+                    "SpeculativeConfig.method='draft' needs a draft model (draft_model= / draft_dir=)"
+                )
+            v_target, v_draft = self.model.config.vocab_size, self.draft_model.config.vocab_size
+            if v_target != v_draft:
+                raise ValueError(
+                    f"draft vocab_size={v_draft} differs from the target's {v_target}; "
+                    "speculative decoding needs one shared vocabulary"
+                )
+
+
+def _load_model(model_dir: str | Path, device: torch.device, dtype: torch.dtype) -> PreTrainedModel:
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{str(path)!r} is not a Hugging Face model directory (no config.json); "
+            "give a local directory written by save_pretrained"
+        )
+    # No device_map: that needs `accelerate`, which the project does not depend on.
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()

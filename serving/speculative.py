@@ -1,0 +1,229 @@
+"""Speculative decoding: the acceptance rule, adaptive k, and the draft-model proposer.
+
+The rule is the modified rejection sampling of Leviathan et al. 2023 (arXiv:2211.17192) and Chen et
+al. 2023 (arXiv:2302.01318): draft token x ~ q is kept with probability min(1, p(x)/q(x)); at the
+first rejection the target samples from norm(max(0, p - q)); if all k drafts are kept it samples a
+bonus token from p. The output is distributed exactly as p. p and q are the *processed* sampling
+distributions (temperature, top-k, top-p; one-hot for greedy), so the guarantee is for the
+distribution the request asked for, and greedy speculative output is target-only greedy output.
+
+Pure torch: models are reached only through the small `CachedModel` interface the engine provides.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from serving.sampling import SamplingTensors, process_logits, sample
+
+
+@dataclass
+class SpeculativeConfig:
+    method: str = "draft"  # proposer, by name in serving.engine.PROPOSERS: "draft" (a small model) or "ngram"
+    k: int = 4  # tokens proposed per step (the starting value when adaptive)
+    adaptive: bool = False  # re-pick k each step from the running acceptance rate (choose_k)
+    k_min: int = 1  # bounds for adaptive k
+    k_max: int = 8
+    # Cost of one drafter forward relative to one target verify pass, for adaptive k's speedup model;
+    # ~0 for n-gram lookup, ~(draft params / target params) for a draft model on a GPU.
+    draft_cost: float = 0.1
+    ngram_max: int = 3  # prompt lookup tries suffixes of ngram_max tokens, then shorter, down to ngram_min
+    ngram_min: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k_min <= self.k <= self.k_max:
+            raise ValueError(
+                f"SpeculativeConfig: need 1 <= k_min <= k <= k_max, got {self.k_min}, {self.k}, {self.k_max}"
+            )
+        if not 1 <= self.ngram_min <= self.ngram_max:
+            raise ValueError(
+                f"SpeculativeConfig: need 1 <= ngram_min <= ngram_max, got {self.ngram_min}, {self.ngram_max}"
+            )
+
+
+@dataclass
+class Draft:
+    """Up to k proposed tokens per row (fewer columns when no row filled them); a row may propose
+    fewer than the width (valid=False on its tail)."""
+
+    tokens: torch.Tensor  # (B, k) long
+    valid: torch.Tensor  # (B, k) bool, a prefix of True per row
+    probs: torch.Tensor | None  # (B, k, V) the drafter's q; None = deterministic (q is one-hot at tokens)
+
+    @classmethod
+    def empty(cls, batch: int, device: torch.device | str) -> Draft:
+        return cls(
+            torch.zeros(batch, 0, dtype=torch.long, device=device),
+            torch.zeros(batch, 0, dtype=torch.bool, device=device),
+            None,
+        )
+
+
+def accept(
+    p: torch.Tensor, draft: Draft, u_accept: torch.Tensor, u_sample: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accept a prefix of each row's draft and sample the token after it.
+
+    p: (B, k+1, V) target probabilities at the positions that predict draft 1..k and the bonus.
+    u_accept: (B, k) and u_sample: (B,) uniforms in [0, 1).
+    Returns n_accepted (B,) in [0, k] and next_token (B,): the row emits draft[:n] + [next_token].
+    A draft slot with valid=False is never accepted and subtracts nothing from the residual.
+    """
+    batch, k = draft.tokens.shape
+    rows = torch.arange(batch, device=p.device)
+    p_x = p[:, :k].gather(-1, draft.tokens.unsqueeze(-1)).squeeze(-1)  # (B, k)
+    q_x = (
+        torch.ones_like(p_x)
+        if draft.probs is None
+        else draft.probs.gather(-1, draft.tokens.unsqueeze(-1)).squeeze(-1)
+    )
+    # u < p/q without dividing: q(x) > 0 for any token the drafter sampled, and p(x) = 0 never passes.
+    ok = (u_accept * q_x < p_x) & draft.valid
+    n = ok.long().cumprod(dim=-1).sum(dim=-1)  # (B,) length of the accepted prefix
+
+    p_n = p[rows, n]  # (B, V) target distribution at the first rejected (or bonus) position
+    at = n.clamp(max=max(k - 1, 0))
+    rejected_valid = (n < k) & (draft.valid[rows, at] if k else torch.zeros_like(n, dtype=torch.bool))
+    if draft.probs is None:
+        # q is one-hot at the rejected token x: max(0, p - q) is p with x's mass removed.
+        x = (
+            draft.tokens[rows, at].unsqueeze(-1)
+            if k
+            else torch.zeros(batch, 1, dtype=torch.long, device=p.device)
+        )
+        residual = p_n.scatter(-1, x, torch.zeros_like(x, dtype=p_n.dtype))
+    else:
+        residual = (p_n - draft.probs[rows, at]).clamp(min=0)
+    residual = torch.where(rejected_valid.unsqueeze(-1), residual, p_n)
+    # A rejection with p ~= q leaves a residual of rounding noise; p is then the right distribution.
+    empty = residual.sum(dim=-1, keepdim=True) <= 1e-12
+    residual = torch.where(empty, p_n, residual)
+    return n, sample(residual, u_sample)
+
+
+def expected_tokens(alpha: float, k: int) -> float:
+    """Expected tokens per verify step with k drafts accepted i.i.d. with probability alpha."""
+    if alpha >= 1.0:
+        return k + 1.0
+    return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
+
+
+def choose_k(alpha: float, draft_cost: float, k_min: int, k_max: int) -> int:
+    """The k maximising expected speedup E[tokens](alpha, k) / (1 + k * draft_cost) (Leviathan §3.4).
+
+    The verify pass counts as one target step whatever k is (true while decoding is memory-bound);
+    ties go to the smaller k.
+    """
+    best_k, best = k_min, -math.inf
+    for k in range(k_min, k_max + 1):
+        gain = expected_tokens(alpha, k) / (1.0 + k * draft_cost)
+        if gain > best + 1e-12:
+            best_k, best = k, gain
+    return best_k
+
+
+class AcceptanceTracker:
+    """Running per-token acceptance probability alpha, decayed so k follows drift.
+
+    Counts accepted drafts over drafts the target actually judged (those up to and including the
+    first rejection): accepted / proposed would under-count, since drafts after a rejection are
+    discarded without a verdict.
+    """
+
+    def __init__(self, decay: float = 0.8, prior: float = 0.5):
+        self.decay = decay
+        self.accepted = prior
+        self.judged = 1.0
+
+    def update(self, n_accepted: torch.Tensor, n_valid: torch.Tensor) -> float:
+        judged = n_accepted + (n_accepted < n_valid).long()
+        self.accepted = self.decay * self.accepted + float(n_accepted.sum())
+        self.judged = self.decay * self.judged + float(judged.sum())
+        return self.rate
+
+    @property
+    def rate(self) -> float:
+        return self.accepted / max(self.judged, 1e-9)
+
+
+class CachedModel(Protocol):
+    """A model with a batched KV cache (serving.engine.CachedModel)."""
+
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor, logits_to_keep: int) -> torch.Tensor: ...
+
+    def rollback(self, n_drop: torch.Tensor) -> None: ...
+
+    def select(self, keep: torch.Tensor) -> None: ...
+
+
+class Proposer(Protocol):
+    """Drafts tokens for a batch; the engine's decode loop drives start/propose/commit/select."""
+
+    def start(self, tokens: torch.Tensor, valid: torch.Tensor) -> None: ...
+
+    def propose(self, k: int, params: SamplingTensors, u: torch.Tensor) -> Draft:
+        """At most k tokens per row; u (B, k) are the row's uniforms for sampling them."""
+        ...
+
+    def commit(self, n_accepted: torch.Tensor, next_tokens: torch.Tensor) -> None: ...
+
+    def select(self, keep: torch.Tensor) -> None: ...
+
+
+class DraftModelProposer:
+    """A small model drafts k tokens autoregressively, sampling with the request's own parameters.
+
+    Its cache lags the target by what it has not seen yet (`pending`): after a verify step that
+    accepted n of k drafts it keeps draft[:min(n, k-1)] (the ones it fed), and its pending input is
+    [draft[k-1] if all were accepted, else a masked hole] + [the target's next token].
+    """
+
+    def __init__(self, model: CachedModel):
+        self.model = model
+        self._k = 0  # drafts proposed this step (0: none since the last commit)
+        self._last_drafted: torch.Tensor | None = None  # (B,) draft[k-1], sampled but not yet fed
+
+    def start(self, tokens: torch.Tensor, valid: torch.Tensor) -> None:
+        self.pending, self.pending_valid = tokens, valid
+
+    def propose(self, k: int, params: SamplingTensors, u: torch.Tensor) -> Draft:
+        tokens, valid = self.pending, self.pending_valid
+        drafted, probs = [], []
+        for i in range(k):
+            logits = self.model.forward(tokens, valid, logits_to_keep=1)[:, -1]
+            q = process_logits(logits, params)
+            x = sample(q, u[:, i])
+            drafted.append(x)
+            probs.append(q)
+            tokens, valid = x.unsqueeze(-1), torch.ones_like(x, dtype=torch.bool).unsqueeze(-1)
+        self._k, self._last_drafted = k, x
+        return Draft(
+            torch.stack(drafted, 1),
+            torch.ones(len(x), k, dtype=torch.bool, device=x.device),
+            torch.stack(probs, 1),
+        )
+
+    def commit(self, n_accepted: torch.Tensor, next_tokens: torch.Tensor) -> None:
+        next_col, ones = (
+            next_tokens.unsqueeze(-1),
+            torch.ones_like(next_tokens, dtype=torch.bool).unsqueeze(-1),
+        )
+        if self._k == 0:  # no draft this step: the target's token joins what the drafter has yet to see
+            self.pending = torch.cat([self.pending, next_col], 1)
+            self.pending_valid = torch.cat([self.pending_valid, ones], 1)
+            return
+        k = self._k
+        fed = k - 1  # draft[:k-1] went through the drafter's cache; draft[k-1] was only sampled
+        self.model.rollback(fed - n_accepted.clamp(max=fed))
+        last = self._last_drafted
+        self.pending = torch.cat([last.unsqueeze(-1), next_col], 1)
+        self.pending_valid = torch.cat([(n_accepted == k).unsqueeze(-1), ones], 1)
+        self._k = 0
+
+    def select(self, keep: torch.Tensor) -> None:
+        self.model.select(keep)
+        self.pending, self.pending_valid = self.pending[keep], self.pending_valid[keep]
