@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from hydra.core.config_store import ConfigStore
 
 from rl.config import TaskConfig
-from training.config import ModelConfig, TrainConfig
+from rl.evaluate import EvalConfig
+from training.config import ExpertParallelConfig, ModelConfig, OptimizerConfig, TrainConfig
 from training.tracking import LoggingConfig
 
 
@@ -31,7 +32,7 @@ class ClusterConfig:
     storage_path: str = "outputs"
 
 
-DEFAULT_STAGES = ["data"]
+DEFAULT_STAGES = ["data", "pretrain", "sft"]
 
 
 @dataclass
@@ -46,6 +47,10 @@ class RootConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: TrainConfig = field(default_factory=TrainConfig)
     sft: TrainConfig = field(default_factory=TrainConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    expert_parallel: ExpertParallelConfig = field(default_factory=ExpertParallelConfig)
+    # Held-out pass@1 measured after every stage that outputs a model.
+    eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 

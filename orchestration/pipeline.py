@@ -97,6 +97,7 @@ def _run_stage(spec, cfg, run_dir, slice_, config_hash, inputs, done) -> Manifes
     stage_dir = run_dir / spec.name
     for stale in run_dir.glob(f".{spec.name}.*.partial"):  # left by a killed attempt
         shutil.rmtree(stale, ignore_errors=True)
+    work_dir = _work_dir_for(run_dir / "_work" / spec.name, config_hash, inputs)
     started = time.time()
     try:
         with atomic_dir(stage_dir) as out_dir:
@@ -106,7 +107,7 @@ def _run_stage(spec, cfg, run_dir, slice_, config_hash, inputs, done) -> Manifes
                     name=spec.name,
                     run_dir=run_dir,
                     out_dir=out_dir,
-                    work_dir=run_dir / "_work" / spec.name,
+                    work_dir=work_dir,
                     tracker=tracker,
                     artifacts={s: m.absolute_outputs(run_dir / s) for s, m in done.items()},
                     upstream_metrics={s: m.metrics for s, m in done.items()},
@@ -138,6 +139,19 @@ def _run_stage(spec, cfg, run_dir, slice_, config_hash, inputs, done) -> Manifes
         raise
     log.info("[%s] finished in %.1fs -> %s", spec.name, manifest.wall_time_s, stage_dir)
     return manifest
+
+
+def _work_dir_for(work_dir: Path, config_hash: str, inputs: dict) -> Path:
+    """The stage's crash-surviving state, kept only while it belongs to the same config and inputs:
+    resuming a checkpoint of another config would silently train the wrong thing."""
+    key = hash_json([config_hash, inputs])
+    stamp = work_dir / "identity"
+    if work_dir.exists() and (not stamp.exists() or stamp.read_text() != key):
+        log.info("discarding %s: it belongs to another config or inputs", work_dir)
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(key)
+    return work_dir
 
 
 def _print_summary(run_dir: Path, specs, done: dict[str, Manifest], ran: list[str], wall: float) -> None:

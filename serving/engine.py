@@ -255,6 +255,11 @@ class Engine:
         seed: int | None = None,  # draws the seeds of requests that bring none
     ):
         self.model = model.eval()
+        for m in (model, draft_model):
+            # MoE checkpoints keep output_router_logits=True for training; at inference the
+            # load-balancing loss is wasted work and breaks on cached (shorter) attention masks.
+            if m is not None and getattr(m.config, "output_router_logits", False):
+                m.config.output_router_logits = False
         self.tokenizer = tokenizer  # None: prompts must be token ids and text comes back empty
         self.device = next(model.parameters()).device
         self.draft_model = draft_model.eval() if draft_model is not None else None
