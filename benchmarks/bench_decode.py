@@ -39,6 +39,11 @@ def parse_args() -> argparse.Namespace:
         "--dtype", default=None, help="float32 | bfloat16 | float16 (default: fp32 on CPU, bf16 on CUDA)"
     )
     ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument(
+        "--prompts-from",
+        default=None,
+        help="a data-stage dataset dir (e.g. eval/): real prompts of one token length instead of random ids",
+    )
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--batch-sizes", default="1,16")
     ap.add_argument("--ks", default="2,4,6", help="draft lengths to try for speculative decoding")
@@ -210,6 +215,23 @@ def machine(device: torch.device) -> dict:
     }
 
 
+def real_prompts(dataset_dir: str, tokenizer_dir: str, n: int) -> torch.Tensor:
+    """`n` held-out prompts that tokenize to the same (most common) length, so every contender,
+    `generate` included, gets an unpadded batch."""
+    from collections import Counter
+
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    ids = tok(list(load_from_disk(dataset_dir)["prompt"]), add_special_tokens=False)["input_ids"]
+    length = Counter(len(x) for x in ids).most_common(1)[0][0]
+    same = [x for x in ids if len(x) == length][:n]
+    if len(same) < n:
+        raise ValueError(f"{dataset_dir}: only {len(same)} prompts of length {length}; need {n}")
+    return torch.tensor(same)
+
+
 def main() -> None:
     args = parse_args()
     if args.threads:
@@ -219,7 +241,12 @@ def main() -> None:
     target, draft, source = load_pair(args)
     device = next(target.parameters()).device
     batches = [int(b) for b in args.batch_sizes.split(",")]
-    prompts = torch.randint(0, target.config.vocab_size, (max(batches + [4]), args.prompt_len), device=device)
+    n_prompts = max(batches + [4])
+    if args.prompts_from:
+        prompts = real_prompts(args.prompts_from, args.target, n_prompts).to(device)
+        args.prompt_len = prompts.shape[1]
+    else:
+        prompts = torch.randint(0, target.config.vocab_size, (n_prompts, args.prompt_len), device=device)
     print(f"models: {source}; device {device}")
     result = {
         "models": source,
