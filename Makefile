@@ -5,7 +5,10 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean bench
+
+# Every benchmark script (bench_serve.py included once it exists); each writes JSON to benchmarks/results/.
+BENCHES := $(sort $(wildcard benchmarks/bench_*.py))
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +21,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(ARGS)
+
+# Heavy (minutes, and it wants an otherwise idle machine): runs every benchmark, then renders
+# benchmarks/results/*.json into PNGs and the README's Benchmarks section.
+bench: $(STAMP)
+	@for b in $(BENCHES); do echo "== $$b"; $(VENV)/bin/python $$b || exit 1; done
+	$(VENV)/bin/python benchmarks/plot_results.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -8,10 +8,12 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from orchestration.config import RootConfig, register_configs
+from orchestration.storage import register_resolver
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 register_configs()
+register_resolver()
 
 
 def to_root(cfg: DictConfig) -> RootConfig:

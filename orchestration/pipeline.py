@@ -19,7 +19,9 @@ from pathlib import Path
 from orchestration.artifacts import MANIFEST, Manifest, hash_json, hash_path, layout_of, versions
 from orchestration.cluster import connect
 from orchestration.config import RootConfig
+from orchestration.report import key_metric
 from orchestration.stages import STAGES, StageSpec
+from orchestration.storage import open_storage
 from training.atomic import atomic_dir, atomic_write_json
 from training.stage import StageContext
 from training.tracking import Tracker
@@ -42,8 +44,10 @@ def config_slice(cfg: RootConfig, keys: tuple[str, ...]) -> dict:
 def run_pipeline(cfg: RootConfig) -> dict[str, Manifest]:
     """Run `cfg.stages`; returns each stage's manifest (fresh or reused)."""
     specs = resolve_stages(cfg.stages)
-    run_dir = Path(cfg.cluster.storage_path) / cfg.run_name
+    storage = open_storage(cfg.cluster.storage_path, cfg.cluster.staging_dir)
+    run_dir = storage.run_dir(cfg.run_name)
     run_dir.mkdir(parents=True, exist_ok=True)
+    storage.pull(cfg.run_name)
     connect(cfg.cluster)
     done: dict[str, Manifest] = {}
     ran: list[str] = []
@@ -52,9 +56,12 @@ def run_pipeline(cfg: RootConfig) -> dict[str, Manifest]:
         for need in spec.needs:
             if need not in done:
                 done[need] = _finished_upstream(run_dir, spec.name, need)
+        for use in spec.uses:
+            if use not in done and (found := _finished(run_dir, use)) is not None:
+                done[use] = found
         slice_ = config_slice(cfg, spec.config_keys)
         config_hash = hash_json(slice_)
-        inputs = {need: done[need].fingerprint for need in spec.needs}
+        inputs = {s: done[s].fingerprint for s in (*spec.needs, *spec.uses) if s in done}
         stage_dir = run_dir / spec.name
         old = Manifest.load(stage_dir)
         reason = _rerun_reason(old, config_hash, inputs, stage_dir) if cfg.resume else "resume=false"
@@ -63,17 +70,26 @@ def run_pipeline(cfg: RootConfig) -> dict[str, Manifest]:
                 "[%s] skipped: finished earlier with the same config and inputs (%s)", spec.name, stage_dir
             )
             done[spec.name] = old
+            storage.push(cfg.run_name, spec.name)  # in case an earlier upload was cut short
             continue
         log.info("[%s] running: %s", spec.name, reason)
-        done[spec.name] = _run_stage(spec, cfg, run_dir, slice_, config_hash, inputs, done)
+        try:
+            done[spec.name] = _run_stage(spec, cfg, run_dir, slice_, config_hash, inputs, done)
+        finally:  # after a failure too: the run log, with the traceback, goes up
+            storage.push(cfg.run_name, spec.name)
         ran.append(spec.name)
     _print_summary(run_dir, specs, done, ran, time.time() - started)
     return done
 
 
+def _finished(run_dir: Path, stage: str) -> Manifest | None:
+    manifest = Manifest.load(run_dir / stage)
+    return manifest if manifest is not None and manifest.outputs_intact(run_dir / stage) else None
+
+
 def _finished_upstream(run_dir: Path, stage: str, need: str) -> Manifest:
-    manifest = Manifest.load(run_dir / need)
-    if manifest is None or not manifest.outputs_intact(run_dir / need):
+    manifest = _finished(run_dir, need)
+    if manifest is None:
         raise RuntimeError(
             f"stage {stage!r} needs stage {need!r}, which has no finished output in {run_dir}; "
             f"add {need!r} to `stages`"
@@ -157,14 +173,15 @@ def _work_dir_for(work_dir: Path, config_hash: str, inputs: dict) -> Path:
 def _print_summary(run_dir: Path, specs, done: dict[str, Manifest], ran: list[str], wall: float) -> None:
     lines = [
         f"\nReasonForge run {run_dir} ({wall:.1f}s)",
-        f"{'stage':<10}{'status':<9}{'wall s':>9}  outputs",
+        f"{'stage':<10}{'status':<9}{'wall s':>9}  {'key metric':<24}outputs",
     ]
     for spec in specs:
         m = done[spec.name]
         status = "ran" if spec.name in ran else "skipped"
-        lines.append(f"{spec.name:<10}{status:<9}{m.wall_time_s:>9.1f}  {run_dir / spec.name}")
+        metric = key_metric(m.metrics)
+        lines.append(f"{spec.name:<10}{status:<9}{m.wall_time_s:>9.1f}  {metric:<24}{run_dir / spec.name}")
         for name, rel in m.outputs.items():
-            lines.append(f"{'':<30}{name}: {run_dir / spec.name / rel}")
+            lines.append(f"{'':<54}{name}: {run_dir / spec.name / rel}")
     log.info("\n".join(lines))
 
 

@@ -3,16 +3,12 @@
 One decode loop serves plain and speculative decoding: each step the proposer drafts k tokens (k=0
 without one), the target scores the pending token(s) plus the drafts in one forward pass, and
 `speculative.accept` keeps a prefix of the drafts and samples one more token. The first step's
-pending input is the whole prompt, so prefill is just a long step.
+pending input is the whole prompt, so prefill is just a long step. The KV cache, with per-row
+holes where rows accepted different numbers of drafts, is `serving.cached_model.CachedModel`.
 
-KV cache layout (per model, `CachedModel`): one HF `DynamicCache` whose slots are shared by the
-batch, plus a 2D slot mask and each row's next position. Prompts are left-padded; tokens carry
-their true positions (`position_ids`), so a slot's index never matters, only the mask. When rows
-of a batch accept different numbers of drafts, each row's rejected slots are masked out in place
-(holes) and only the slots every row rejected are cropped. Holes cost attention over a few dead
-slots but no copying; RoPE keys are stored with true positions, so holes change nothing else.
-Rows that finish leave the batch (`DynamicCache.batch_select_indices`). Batching is static:
-sequences are taken `max_batch_size` at a time, shortest prompts first.
+Batching is static: sequences are taken `max_batch_size` at a time, shortest prompts first, and
+rows leave the batch as they finish. `generate` returns whole completions; `stream` yields each
+step's new tokens and drops the rows of prompts the caller cancels (a client that went away).
 """
 
 from __future__ import annotations
@@ -20,13 +16,15 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from serving.cached_model import CachedModel, decode_experts
+from serving.detokenize import StopChecker, cut_at_stop
 from serving.metrics import EngineStats
 from serving.ngram import NgramProposer
 from serving.protocol import Completion, RequestMetrics, SamplingParams
@@ -51,70 +49,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-class CachedModel:
-    """A causal LM and its KV cache over a batch; slots may be masked holes (see module doc)."""
-
-    def __init__(self, model: PreTrainedModel, batch_size: int, device: torch.device):
-        self.model = model
-        self.cache = DynamicCache(config=model.config)
-        # (B, slots): 1 = a real token, 0 = left padding or a rolled-back draft
-        self.mask = torch.zeros(batch_size, 0, dtype=torch.long, device=device)
-        # (B,): the position the row's next real token takes
-        self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)
-
-    def forward(self, tokens: torch.Tensor, valid: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
-        """Append (B, T) tokens (valid=False: a hole) and return the last `logits_to_keep` logits."""
-        positions = (self.next_pos.unsqueeze(1) + valid.long().cumsum(1) - 1).clamp(min=0)
-        self.mask = torch.cat([self.mask, valid.long()], dim=1)
-        out = self.model(
-            input_ids=tokens,
-            attention_mask=self.mask,
-            position_ids=positions,
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=logits_to_keep,
-        )
-        self.next_pos += valid.sum(dim=1)
-        return out.logits
-
-    def rollback(self, n_drop: torch.Tensor) -> None:
-        """Forget the last n_drop[b] slots of row b: masked where rows differ, cropped where all agree."""
-        width = self.mask.shape[1]
-        dropped = torch.arange(width, device=self.mask.device) >= (width - n_drop).unsqueeze(1)
-        self.next_pos -= (self.mask.bool() & dropped).sum(dim=1)
-        self.mask = self.mask.masked_fill(dropped, 0)
-        common = int(n_drop.min()) if n_drop.numel() else 0
-        if common:
-            self.cache.crop(-common)
-            self.mask = self.mask[:, :-common]
-
-    def select(self, keep: torch.Tensor) -> None:
-        self.cache.batch_select_indices(keep)
-        self.mask, self.next_pos = self.mask[keep], self.next_pos[keep]
-
-
-@contextmanager
-def _decode_experts(model: PreTrainedModel) -> Iterator[None]:
-    """MoE experts as 'batched_mm' while decoding off-CPU, as transformers' generate does.
-
-    With a few tokens per step, gathering each token's expert weights (batched_mm) beats
-    grouped_mm's sort-and-group by ~4x per MoE layer on an H100 (measured on the benchmark's tiny
-    model); prefill keeps grouped_mm, which does not copy weights per token.
-    """
-    get = getattr(model, "get_experts_implementation", None)
-    original = get() if get is not None else {}
-    switch = model.device.type != "cpu" and "grouped_mm" in original.values()
-    if switch:
-        model.set_experts_implementation(
-            {k: "batched_mm" if v == "grouped_mm" else v for k, v in original.items()}
-        )
-    try:
-        yield
-    finally:
-        if switch:
-            model.set_experts_implementation(original)
-
-
 def _draft_proposer(engine: Engine, batch: int) -> Proposer:
     return DraftModelProposer(CachedModel(engine.draft_model, batch, engine.device))
 
@@ -124,35 +58,6 @@ def _ngram_proposer(engine: Engine, batch: int) -> Proposer:
 
 
 PROPOSERS: dict[str, Callable[[Engine, int], Proposer]] = {"draft": _draft_proposer, "ngram": _ngram_proposer}
-
-
-class StopChecker:
-    """Incremental detokenisation (vLLM's prefix/read offsets) and stop-string search on new text only."""
-
-    def __init__(self, tokenizer, stops: Sequence[str]):
-        self.tokenizer, self.stops = tokenizer, list(stops)
-        self.longest = max(len(s) for s in self.stops)
-        self.ids: list[int] = []
-        self.prefix = self.read = 0
-        self.text = ""
-
-    def add(self, token_id: int) -> bool:
-        """Append one token; True once the text contains a stop string."""
-        self.ids.append(token_id)
-        decode = self.tokenizer.decode
-        before = decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
-        after = decode(self.ids[self.prefix :], skip_special_tokens=True)
-        if len(after) <= len(before) or after.endswith("\ufffd"):  # mid-character: wait for more bytes
-            return False
-        start = max(0, len(self.text) - self.longest + 1)
-        self.text += after[len(before) :]
-        self.prefix, self.read = self.read, len(self.ids)
-        return any(s in self.text[start:] for s in self.stops)
-
-
-def cut_at_stop(text: str, stops: Sequence[str]) -> str:
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return text[: min(hits)] if hits else text
 
 
 @dataclass
@@ -192,6 +97,17 @@ class _Sequence:
 
 
 @dataclass
+class SequenceUpdate:
+    """What one sequence gained in one engine step (`Engine.stream`)."""
+
+    prompt_index: int
+    sample_index: int
+    token_ids: list[int]  # generated this step (1 + accepted drafts, fewer when it finished mid-step)
+    logprobs: list[float]  # of token_ids, as in Completion.logprobs (zeros when no row asked for them)
+    completion: Completion | None = None  # set on the step the sequence finished
+
+
+@dataclass
 class _Step:
     """What one verify step produced for each row."""
 
@@ -217,19 +133,25 @@ class _Batch:
     want_logprobs: bool
 
     def advance(self, next_tokens: torch.Tensor, finished: list[bool]) -> None:
-        """Drop finished rows; the sampled tokens are the next step's pending input."""
-        if any(finished):
-            keep_list = [i for i, f in enumerate(finished) if not f]
-            self.seqs = [self.seqs[i] for i in keep_list]
-            if not self.seqs:
-                return
-            keep = torch.tensor(keep_list, dtype=torch.long, device=next_tokens.device)
-            self.target.select(keep)
-            if self.proposer is not None:
-                self.proposer.select(keep)
-            self.params, next_tokens = self.params.select(keep), next_tokens[keep]
+        """The sampled tokens are the next step's pending input; finished rows leave."""
         self.pending = next_tokens.unsqueeze(1)
         self.pending_valid = torch.ones_like(self.pending, dtype=torch.bool)
+        self.drop(finished)
+
+    def drop(self, leaving: list[bool]) -> None:
+        """Remove rows from the batch, their cache slots and drafter state included."""
+        if not any(leaving):
+            return
+        keep_list = [i for i, gone in enumerate(leaving) if not gone]
+        self.seqs = [self.seqs[i] for i in keep_list]
+        if not self.seqs:
+            return
+        keep = torch.tensor(keep_list, dtype=torch.long, device=self.pending.device)
+        self.target.select(keep)
+        if self.proposer is not None:
+            self.proposer.select(keep)
+        self.params = self.params.select(keep)
+        self.pending, self.pending_valid = self.pending[keep], self.pending_valid[keep]
 
 
 def _derive_seed(seed: int, sample_index: int) -> int:
@@ -308,7 +230,6 @@ class Engine:
             seed=seed,
         )
 
-    @torch.inference_mode()
     def generate(
         self,
         prompts: Sequence[str] | Sequence[Sequence[int]],
@@ -318,34 +239,71 @@ class Engine:
 
         `params` is one SamplingParams for all prompts or one per prompt.
         """
+        done: dict[tuple[int, int], Completion] = {}
+        for updates in self.stream(prompts, params):
+            done.update(((u.prompt_index, u.sample_index), u.completion) for u in updates if u.completion)
+        return [done[key] for key in sorted(done)]
+
+    @torch.inference_mode()
+    def stream(
+        self,
+        prompts: Sequence[str] | Sequence[Sequence[int]],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+        cancelled: Callable[[int], bool] | None = None,
+    ) -> Iterator[list[SequenceUpdate]]:
+        """generate() one step at a time: after each step, what each sequence still running gained.
+
+        Before each decode step (after prefill) the rows of every prompt i with `cancelled(i)` leave
+        the batch, with no completion and no entry in `stats`. Stats are recorded once the stream
+        is exhausted.
+        """
         start = time.perf_counter()
         seqs = self._sequences(prompts, params)
         by_length = sorted(seqs, key=lambda s: len(s.prompt_ids))
+        finished: list[Completion] = []
         for i in range(0, len(by_length), self.max_batch_size):
-            self._decode(by_length[i : i + self.max_batch_size], start)
-        completions = [self._completion(s) for s in seqs]
-        self.stats.record(completions, time.perf_counter() - start)
-        return completions
+            for updates in self._decode(by_length[i : i + self.max_batch_size], start, cancelled):
+                finished.extend(u.completion for u in updates if u.completion)
+                yield updates
+        self.stats.record(finished, time.perf_counter() - start)
 
-    def _decode(self, seqs: list[_Sequence], start: float) -> None:
+    def _decode(
+        self, seqs: list[_Sequence], start: float, cancelled: Callable[[int], bool] | None
+    ) -> Iterator[list[SequenceUpdate]]:
         """Run one static batch to completion, filling each _Sequence in place."""
         batch = self._start_batch(seqs)
-        self._advance(batch, start)  # prefill: the whole prompt in one step
+        yield self._advance(batch, start)  # prefill: the whole prompt in one step
         with ExitStack() as stack:
             for model in (self.model, self.draft_model):
                 if model is not None:
-                    stack.enter_context(_decode_experts(model))
+                    stack.enter_context(decode_experts(model))
             while batch.seqs:
-                self._advance(batch, start)
+                if cancelled is not None:
+                    batch.drop([cancelled(s.prompt_index) for s in batch.seqs])
+                    if not batch.seqs:
+                        break
+                yield self._advance(batch, start)
 
-    def _advance(self, batch: _Batch, start: float) -> None:
+    def _advance(self, batch: _Batch, start: float) -> list[SequenceUpdate]:
+        seqs = batch.seqs
+        before = [len(s.token_ids) for s in seqs]
         step = self._step(batch)
-        finished = self._record_step(batch.seqs, step, time.perf_counter() - start)
+        finished = self._record_step(seqs, step, time.perf_counter() - start)
         cfg = self.speculative
         if cfg is not None and cfg.adaptive and step.draft.tokens.shape[1]:
             alpha = batch.tracker.update(step.n_accepted, step.draft.valid.sum(dim=1))
             batch.k = choose_k(alpha, cfg.draft_cost, cfg.k_min, cfg.k_max)
         batch.advance(step.next_tokens, finished)
+        return [
+            SequenceUpdate(
+                s.prompt_index,
+                s.sample_index,
+                s.token_ids[n:],
+                s.logprobs[n:],
+                self._completion(s) if f else None,
+            )
+            for s, n, f in zip(seqs, before, finished, strict=True)
+        ]
 
     def _start_batch(self, seqs: list[_Sequence]) -> _Batch:
         pending, pending_valid = self._left_pad([s.prompt_ids for s in seqs])

@@ -21,3 +21,24 @@ def ray_session():
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def data_dir(ray_session, tmp_path_factory):
+    """A small data-stage output (tokenizer and every split), made once per test run."""
+    from orchestration.cli import compose
+    from orchestration.pipeline import run_pipeline
+
+    root = tmp_path_factory.mktemp("data_run")
+    overrides = [
+        f"cluster.storage_path={root}",
+        "run_name=d",
+        "stages=[data]",
+        "logging.wandb_mode=disabled",
+        "task.pretrain_docs=400",
+        "task.sft_pairs=100",
+        "task.rl_prompts=20",
+        "task.eval_prompts=20",
+    ]
+    run_pipeline(compose(overrides))
+    return root / "d" / "data"

@@ -98,6 +98,13 @@ class TrainConfig:
     # Checkpoints kept in storage (oldest deleted first).
     keep_checkpoints: int = 2
     log_every: int = 1
+    # Every this many steps (and at each checkpoint) compute held-out metrics (`eval_loss`) and
+    # report them through Ray Train, which a sweep's ASHA reads; 0 turns it off. Each report is a
+    # cross-worker barrier (~2 s on CPU here).
+    eval_every: int = 0
+    # Rows at the end of the stage's dataset held out of training for `eval_loss` (rounded down
+    # to a multiple of the worker count); 0 holds out nothing.
+    eval_rows: int = 0
     # Peak FLOP/s of one worker for MFU; null measures an fp32 (CPU) or bf16 (GPU) matmul at start.
     peak_flops_per_worker: float | None = None
     # Ray Train restarts the worker group this many times after a failure.
@@ -114,6 +121,10 @@ class TrainConfig:
             raise ValueError(f"precision must be bf16 or fp32; got {self.precision!r}")
         if self.max_steps < 1 or self.global_batch_size < 1 or self.micro_batch_per_worker < 1:
             raise ValueError("max_steps, global_batch_size and micro_batch_per_worker must be >= 1")
+        if self.eval_every < 0 or self.eval_rows < 0:
+            raise ValueError(
+                f"eval_every and eval_rows must be >= 0; got {self.eval_every}, {self.eval_rows}"
+            )
 
     def accumulation_steps(self, world_size: int) -> int:
         per_step = self.micro_batch_per_worker * world_size

@@ -10,28 +10,97 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from training import checkpoint
+from training import checkpoint, validation
 from training.config import ExpertParallelConfig, ModelConfig, OptimizerConfig, TrainConfig
 from training.data import TokenBatch, batch_indices
 
 log = logging.getLogger(__name__)
 
 
+class BatchSource(Protocol):
+    """Where a worker's batches come from: a dataset on disk, or rollouts generated on the fly."""
+
+    def step_batches(
+        self, step: int, rank: int, world: int, accum: int
+    ) -> tuple[list[Any], dict[str, float]]:
+        """This rank's `accum` micro-batches of optimizer step `step`, and metrics about them."""
+        ...
+
+
 @dataclass(frozen=True)
 class Recipe:
-    # (data_dir, tokenizer, seq_len) -> a source with __len__ and collate(rows) -> TokenBatch.
-    make_data: Callable[[str, Any, int], Any]
+    # (job, tokenizer) -> the BatchSource each worker draws its micro-batches from.
+    make_source: Callable[[TrainJob, Any], BatchSource]
     # (model, batch) -> (loss, scalar metrics, router logits or None).
-    loss: Callable[[Any, TokenBatch], tuple[torch.Tensor, dict[str, float], Any]]
+    loss: Callable[[Any, Any], tuple[torch.Tensor, dict[str, float], Any]]
+    # (engine, version, rank) -> metrics; run on every rank before the first step (version = the
+    # start step) and after each optimizer step. GRPO pushes the new weights to its rollout workers.
+    after_step: Callable[[Any, int, int], dict[str, float]] | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """Micro-batches drawn from a dataset as a pure function of the step (see `batch_indices`)."""
+
+    data: Any  # __len__ and collate(rows) -> TokenBatch
+    micro_bs: int
+    seed: int
+    # The last `held_out` rows: never trained on, evaluated every `train.eval_every` steps.
+    held_out: int = 0
+
+    def step_batches(
+        self, step: int, rank: int, world: int, accum: int
+    ) -> tuple[list[Any], dict[str, float]]:
+        batches = [
+            self.data.collate(
+                batch_indices(
+                    step,
+                    micro,
+                    rank,
+                    world=world,
+                    micro_bs=self.micro_bs,
+                    accum=accum,
+                    n=len(self.data) - self.held_out,
+                    seed=self.seed,
+                )
+            )
+            for micro in range(accum)
+        ]
+        return batches, {}
+
+    def held_out_batches(self, rank: int, world: int) -> list[Any]:
+        """This rank's equal share of the held-out rows (training.validation.HeldOut)."""
+        per_rank = self.held_out // world
+        first = len(self.data) - self.held_out + rank * per_rank
+        return [
+            self.data.collate(list(range(first + i, first + min(i + self.micro_bs, per_rank))))
+            for i in range(0, per_rank, self.micro_bs)
+        ]
+
+
+def _dataset_source(dataset_cls, job: TrainJob, tokenizer) -> DatasetSource:
+    data = dataset_cls(job.data_dir, tokenizer, job.train.seq_len)
+    if job.train.eval_rows >= len(data):
+        raise ValueError(
+            f"{job.name}: eval_rows={job.train.eval_rows} must be less than the {len(data)} rows of {job.data_dir}"
+        )
+    return DatasetSource(data, job.train.micro_batch_per_worker, job.train.seed, job.train.eval_rows)
+
+
+def dataset_recipe(dataset_cls, loss=None) -> Recipe:
+    """A recipe over a dataset class `(data_dir, tokenizer, seq_len)` with `__len__` and `collate`."""
+    return Recipe(make_source=partial(_dataset_source, dataset_cls), loss=loss or lm_loss)
 
 
 def lm_loss(model, batch: TokenBatch):
@@ -95,6 +164,10 @@ def _deepspeed_set_param(zero_stage: int):
 def _worker(config: dict) -> None:
     job: TrainJob = config["job"]
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if job.use_gpu else "cpu")
+    # DeepSpeed JIT-builds its ops into one cache shared by every Python environment on the
+    # machine; two checkouts with different include paths then rebuild each other's ops on every
+    # start (minutes each). One cache per environment.
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
     import deepspeed
     import ray.train
     import torch._dynamo
@@ -122,7 +195,7 @@ def _worker(config: dict) -> None:
     tcfg, ocfg = job.train, job.optimizer
 
     tok = load_tokenizer(job.tokenizer_dir)
-    data = job.recipe.make_data(job.data_dir, tok, tcfg.seq_len)
+    source = job.recipe.make_source(job, tok)
     model = build_model(job.model, tok)
     counts = parameter_counts(model)
     recorder = attach_recorder(model)
@@ -179,23 +252,17 @@ def _worker(config: dict) -> None:
     top_k = getattr(hf, "num_experts_per_tok", 0)
 
     engine.train()
+    hook = job.recipe.after_step
+    hook_metrics = hook(engine, start, rank) if hook else {}
     for step in range(start, tcfg.max_steps):
         _maybe_fail(job, step, rank)
         t0 = time.perf_counter()
         recorder.reset()
         losses, parts, shares, tokens = [], {}, None, 0
-        for micro in range(accum):
-            rows = batch_indices(
-                step,
-                micro,
-                rank,
-                world=world,
-                micro_bs=tcfg.micro_batch_per_worker,
-                accum=accum,
-                n=len(data),
-                seed=tcfg.seed,
-            )
-            batch = data.collate(rows).to(device)
+        batches, source_metrics = source.step_batches(step, rank, world, accum)
+        t_data = time.perf_counter() - t0
+        for batch in batches:
+            batch = batch.to(device)
             loss, m, router_logits = job.recipe.loss(engine, batch)
             engine.backward(loss)
             engine.step()
@@ -211,8 +278,11 @@ def _worker(config: dict) -> None:
             if (ocfg.name == "muonclip" and ocfg.qk_clip_tau)
             else 0
         )
+        t_update = time.perf_counter() - t0 - t_data
+        if hook:
+            hook_metrics = hook(engine, step + 1, rank)
         dt = time.perf_counter() - t0
-        global_tokens = tokens * world  # ranks see equal-sized batches
+        global_tokens = tokens * world  # ranks see about equal-sized batches
         metrics = {
             "step": step + 1,
             "loss": sum(losses) / len(losses),
@@ -222,12 +292,24 @@ def _worker(config: dict) -> None:
             * lr_factor(step, warmup=tcfg.warmup_steps, total=tcfg.max_steps, min_ratio=tcfg.min_lr_ratio),
             "tokens_per_s": global_tokens / dt,
             "step_time_s": dt,
+            # Time to get this step's batches (waiting for rollouts, for GRPO) and to train on them.
+            "data_time_s": t_data,
+            "update_time_s": t_update,
+            **source_metrics,
+            **hook_metrics,
             "mfu": mfu(global_tokens / dt, fpt, peak * world),
             "max_attn_logit": recorder.overall_max(),
             "qk_clipped_heads": clipped,
         }
         if shares:
             metrics.update({f"expert_share/{i}": s for i, s in enumerate(shares)})
+        # --- sweep hook (training/validation.py): held-out metrics every `eval_every` steps, reported
+        # through Ray Train (in a Tune trial, on to ASHA); checkpoint steps carry them in their report.
+        if validation.eval_due(tcfg, step + 1):
+            metrics.update(validation.held_out_metrics(engine, source, job.recipe.loss, rank, world, device))
+            if not validation.checkpoint_due(tcfg, step + 1):
+                ray.train.report(metrics)
+        # --- end sweep hook ---
         if rank == 0 and job.metrics_queue is not None and (step + 1) % tcfg.log_every == 0:
             job.metrics_queue.put(metrics)
         # Ray Train's report is a cross-worker barrier through the controller (~2 s a call
@@ -256,15 +338,30 @@ def _drain(queue, tracker, total: int, stop: threading.Event, last: dict) -> Non
     bar.close()
 
 
-def fit(job: TrainJob, tracker) -> dict:
-    """Run `job` on Ray Train; stream worker metrics into `tracker`; returns the last metrics."""
+def _tune_callbacks() -> list:
+    """Inside a Ray Tune trial: forward every `ray.train.report` of the run to that trial.
+
+    With Ray Train V2 (the default in Ray 2.60) Tune runs a trainer only from a Tune function
+    that calls `trainer.fit()` (`Tuner(trainer)` is deprecated and rejects V2 trainers);
+    TuneReportCallback carries the reports across. Ray has no public "in a Tune trial" check:
+    `_in_tune_session` is the one TuneReportCallback itself uses (it raises outside a trial).
+    """
+    from ray.tune.trainable.trainable_fn_utils import _in_tune_session
+
+    if not _in_tune_session():
+        return []
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    return [TuneReportCallback()]
+
+
+def make_trainer(job: TrainJob):
+    """The Ray Train `TorchTrainer` that runs `job` (its workers run `_worker`)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.util.queue import Queue
 
-    job.metrics_queue = Queue()
     Path(job.work_dir).mkdir(parents=True, exist_ok=True)
-    trainer = TorchTrainer(
+    return TorchTrainer(
         _worker,
         train_loop_config={"job": job},
         scaling_config=ScalingConfig(
@@ -278,8 +375,17 @@ def fit(job: TrainJob, tracker) -> dict:
             storage_path=str(Path(job.work_dir).resolve()),
             failure_config=FailureConfig(max_failures=job.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=job.train.keep_checkpoints),
+            callbacks=_tune_callbacks(),
         ),
     )
+
+
+def fit(job: TrainJob, tracker) -> dict:
+    """Run `job` on Ray Train; stream worker metrics into `tracker`; returns the last metrics."""
+    from ray.util.queue import Queue
+
+    job.metrics_queue = Queue()
+    trainer = make_trainer(job)
     stop, last = threading.Event(), {}
     drainer = threading.Thread(
         target=_drain, args=(job.metrics_queue, tracker, job.train.max_steps, stop, last), daemon=True

@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 from training.data import PackedCorpus, PromptCompletionPairs
-from training.loop import Recipe, TrainJob, fit, lm_loss
+from training.loop import Recipe, TrainJob, dataset_recipe, fit
 from training.models import load_model, parameter_counts
 from training.stage import StageContext, StageResult
 
-PRETRAIN = Recipe(make_data=PackedCorpus, loss=lm_loss)
-SFT = Recipe(make_data=PromptCompletionPairs, loss=lm_loss)
+PRETRAIN = dataset_recipe(PackedCorpus)
+SFT = dataset_recipe(PromptCompletionPairs)
 
 
 def _train(cfg, ctx: StageContext, recipe: Recipe, train_cfg, data: str, model_cfg) -> StageResult:

@@ -10,22 +10,11 @@ import pytest
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from orchestration.cli import compose
-from orchestration.pipeline import run_pipeline
 from training.config import ExpertParallelConfig, ModelConfig, OptimizerConfig, TrainConfig
 from training.loop import TrainJob, fit
 from training.pretrain import PRETRAIN
 from training.tokenizer import load_tokenizer
 from training.tracking import LoggingConfig, Tracker, read_metrics
-
-
-@pytest.fixture(scope="session")
-def data_dir(ray_session, tmp_path_factory):
-    root = tmp_path_factory.mktemp("data_run")
-    run_pipeline(compose([f"cluster.storage_path={root}", "run_name=d", "stages=[data]", "logging.wandb_mode=disabled",
-                          "task.pretrain_docs=400", "task.sft_pairs=100", "task.rl_prompts=20",
-                          "task.eval_prompts=20"]))
-    return root / "d" / "data"
 
 
 def _job(data_dir: Path, tmp_path: Path, name="t", **train) -> TrainJob:

@@ -1,0 +1,135 @@
+"""The `serve` config group: the endpoint's model, decoding, batching, scaling and request limits.
+
+One typed dataclass feeds all three ways the app starts: the pipeline's `serve` stage (Hydra),
+`serve run serving.app:build_app key=value ...` and a Serve config YAML's `args:` (both through
+`serving.app.build_app`, which checks the keys against these fields).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from serving.speculative import SpeculativeConfig
+
+# speculative= values: "auto" drafts with the draft model when one is given, else by n-gram lookup.
+SPECULATIVE_MODES = ("auto", "draft", "ngram", "off")
+
+
+@dataclass
+class AutoscalingSettings:
+    """Ray Serve autoscaling of the replica count (`serve.config.AutoscalingConfig` fields)."""
+
+    min_replicas: int = 1
+    max_replicas: int = 1  # > min_replicas turns autoscaling on
+    # Requests in flight per replica that autoscaling aims for; above it, replicas are added.
+    target_ongoing_requests: float = 8.0
+    upscale_delay_s: float = 10.0  # load must stay high this long before a replica is added
+    downscale_delay_s: float = 60.0  # and low this long before one is removed
+    look_back_period_s: float = 10.0  # window the ongoing-request average is taken over
+    metrics_interval_s: float = 2.0  # how often replicas report their load
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
+            raise ValueError(
+                f"serve.autoscaling: need 0 <= min_replicas <= max_replicas and max_replicas >= 1, "
+                f"got min_replicas={self.min_replicas}, max_replicas={self.max_replicas}"
+            )
+
+    def as_serve_config(self) -> dict[str, Any]:
+        return {
+            "min_replicas": self.min_replicas,
+            "max_replicas": self.max_replicas,
+            "initial_replicas": max(self.min_replicas, 1),
+            "target_ongoing_requests": self.target_ongoing_requests,
+            "upscale_delay_s": self.upscale_delay_s,
+            "downscale_delay_s": self.downscale_delay_s,
+            "look_back_period_s": self.look_back_period_s,
+            "metrics_interval_s": self.metrics_interval_s,
+        }
+
+
+@dataclass
+class RequestLimits:
+    """What one request may ask for; beyond these it gets a 400 naming the field."""
+
+    max_tokens: int = 1024  # largest max_tokens (also capped by the model's context length)
+    default_max_tokens: int = 256  # when a request gives no max_tokens
+    # Completions per prompt, and Best-of-N samples per prompt; either way a request's prompts x
+    # samples must also fit one batch (max_batch_size).
+    n: int = 8
+    best_of: int = 16
+    stop: int = 4  # stop strings
+    body_bytes: int = 1 << 20  # request body size; larger bodies get a 413
+
+
+@dataclass
+class ServeConfig:
+    # The `model` name clients send (GET /v1/models lists it).
+    model_name: str = "reasonforge"
+    # Also serve "<model_name>-best-of-<N>": every request answered by Best-of-N with N samples; 0: off.
+    best_of_alias_n: int = 0
+    # Best-of-N scorer: a name in serving.best_of_n.SCORERS ("majority_vote", "mean_logprob") or
+    # "package.module:function" taking (completions, extract_answer) -> one score per completion.
+    best_of_scorer: str = "majority_vote"
+    # "package.module:function" mapping a completion's text to its final answer (None: no answer);
+    # majority voting compares these.
+    answer_extractor: str = "rl.tasks.format:extract_answer"
+    # Speculative decoding: "auto" (draft model when given, else n-gram), "draft", "ngram" or "off".
+    speculative: str = "auto"
+    num_speculative_tokens: int = 4  # drafts per step (the start value when adaptive_k)
+    adaptive_k: bool = False  # re-pick the draft length from the running acceptance rate
+    device: str = "auto"  # "auto": cuda when the replica has a GPU, else cpu
+    dtype: str | None = None  # float32 | bfloat16 | float16; null: fp32 on CPU, bf16 on CUDA
+    seed: int | None = 0  # seeds the replica's draws for requests that bring no seed
+    # Sequences (prompts x samples) decoded together; @serve.batch fills a batch up to this.
+    max_batch_size: int = 16
+    # How long the first request of a batch waits for others to join it.
+    batch_wait_timeout_s: float = 0.01
+    # Requests a replica holds at once (its batch plus the next one queued inside it).
+    max_ongoing_requests: int = 32
+    # Requests waiting for a replica beyond that; more get 503 at once instead of piling up.
+    max_queued_requests: int = 64
+    num_cpus_per_replica: float = 1.0
+    num_gpus_per_replica: float = 0.0
+    autoscaling: AutoscalingSettings = field(default_factory=AutoscalingSettings)
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    # Serve's HTTP proxy (the stage starts it; `serve run`/YAML set their own http_options).
+    host: str = "127.0.0.1"
+    port: int = 8000
+    app_name: str = "reasonforge"
+    route_prefix: str = "/"
+    # Stage only: leave the endpoint up after the eval (a local Ray keeps it until Ctrl-C).
+    keep_alive: bool = False
+    # Stage only: eval requests in flight at once.
+    eval_concurrency: int = 8
+
+    def __post_init__(self) -> None:
+        if self.speculative not in SPECULATIVE_MODES:
+            raise ValueError(f"serve.speculative={self.speculative!r} is not one of {SPECULATIVE_MODES}")
+        lim = self.limits
+        checks = {
+            "limits.default_max_tokens <= limits.max_tokens": 1 <= lim.default_max_tokens <= lim.max_tokens,
+            "limits.n >= 1": lim.n >= 1,
+            "max_batch_size >= 1": self.max_batch_size >= 1,
+            "best_of_alias_n <= limits.best_of": 0 <= self.best_of_alias_n <= lim.best_of,
+            "max_ongoing_requests >= 1": self.max_ongoing_requests >= 1,
+            "max_queued_requests >= 0": self.max_queued_requests >= 0,
+            "num_speculative_tokens >= 1": self.num_speculative_tokens >= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(
+                f"serve config: need {'; '.join(bad)}; got max_batch_size={self.max_batch_size}, "
+                f"best_of_alias_n={self.best_of_alias_n}, limits={lim}"
+            )
+
+    def speculative_config(self, has_draft: bool) -> SpeculativeConfig | None:
+        """The engine's speculative setup; None decodes with the target alone."""
+        method = {"auto": "draft" if has_draft else "ngram"}.get(self.speculative, self.speculative)
+        if method == "off":
+            return None
+        if method == "draft" and not has_draft:
+            raise ValueError("serve.speculative='draft' needs a draft model: pass draft_dir")
+        k = self.num_speculative_tokens
+        return SpeculativeConfig(method=method, k=k, adaptive=self.adaptive_k, k_max=max(k, 8))

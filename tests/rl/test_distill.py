@@ -1,0 +1,194 @@
+"""Distillation: token alignment, the teacher workers' scores, and the stage on real Ray Train +
+DeepSpeed with tiny models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+
+from rl.config import DistillConfig
+from rl.distill import collate, kd_loss
+from rl.distill_manager import start_distill_manager
+from rl.rollout import Trajectory
+from rl.teacher import completion_logprobs
+from training.config import ModelConfig
+from training.models import build_model, load_model
+from training.stage import StageContext
+from training.tokenizer import load_tokenizer
+from training.tracking import LoggingConfig, Tracker, read_metrics
+
+
+def _save(model_cfg: ModelConfig, data_dir: Path, out: Path) -> Path:
+    tok = load_tokenizer(data_dir / "tokenizer")
+    build_model(model_cfg, tok).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(data_dir, tmp_path_factory) -> Path:
+    """A tiny MoE teacher saved the way the rlvr stage exports (weights + tokenizer)."""
+    return _save(ModelConfig(), data_dir, tmp_path_factory.mktemp("teacher"))
+
+
+@pytest.fixture(scope="module")
+def student_dir(data_dir, tmp_path_factory) -> Path:
+    return _save(
+        ModelConfig(arch="qwen3", hidden_size=32, head_dim=8), data_dir, tmp_path_factory.mktemp("student")
+    )
+
+
+def _trajectory(prompt: list[int], completion: list[int]) -> Trajectory:
+    return Trajectory(0, prompt, completion, [0.0] * len(completion), 0.0, False)
+
+
+def test_right_padded_teacher_scores_equal_scoring_each_sequence_alone(teacher_dir):
+    model = load_model(teacher_dir)
+    seqs = [([1, 2, 3], [4, 5]), ([6], [7, 8, 9, 10]), ([11, 12], [13])]
+    batched = completion_logprobs(model, seqs)
+    for (p, c), lp in zip(seqs, batched, strict=True):
+        assert lp.shape == (len(c), model.config.vocab_size)
+        torch.testing.assert_close(lp, completion_logprobs(model, [(p, c)])[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(lp.logsumexp(-1), torch.zeros(len(c)), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("loss", ["forward_kl", "reverse_kl", "jsd"])
+def test_a_student_scored_against_its_own_distribution_has_zero_loss(student_dir, loss):
+    """If the teacher's rows sat one position off the student's logits, the loss would not vanish."""
+    model = load_model(student_dir)
+    trajs = [_trajectory([1, 2, 3], [4, 5]), _trajectory([6], [7, 8, 9, 10])]
+    scores = completion_logprobs(model, [(t.prompt_ids, t.completion_ids) for t in trajs])
+    for t, lp in zip(trajs, scores, strict=True):
+        t.teacher_logprobs = lp
+    batch = collate(trajs, pad_id=0, token_scale=1.0)
+    assert batch.mask.sum() == 6 and batch.teacher_logprobs.shape == (2, 4, model.config.vocab_size)
+    value, metrics, _ = kd_loss(model, batch, cfg=DistillConfig(loss=loss))
+    assert abs(value.item()) < 1e-5
+    assert metrics["top1_agreement"] == 1.0
+    # Another model's distribution gives a positive loss on the same batch.
+    with torch.no_grad():
+        model.lm_head.weight.add_(torch.randn_like(model.lm_head.weight))
+    assert kd_loss(model, batch, cfg=DistillConfig(loss=loss))[0].item() > 1e-3
+
+
+def test_seq_kd_batches_carry_no_teacher_distribution_and_train_on_sampled_tokens(student_dir):
+    model = load_model(student_dir)
+    batch = collate([_trajectory([1, 2], [3, 4, 5])], pad_id=0, token_scale=1.0)
+    assert batch.teacher_logprobs is None
+    value, metrics, _ = kd_loss(model, batch, cfg=DistillConfig(loss="seq_kd"))
+    logp = torch.log_softmax(model(input_ids=batch.input_ids).logits[0, :-1], -1)
+    expected = -(logp[1, 3] + logp[2, 4] + logp[3, 5])
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert "top1_agreement" not in metrics
+
+
+def test_manager_ships_the_teachers_scores_and_samples_from_students_on_policy_steps(
+    data_dir, teacher_dir, student_dir
+):
+    cfg = DistillConfig(
+        prompts_per_step=3, samples_per_prompt=2, max_new_tokens=6, on_policy_fraction=0.5,
+        num_teacher_workers=2, num_student_workers=1, seed=0,
+    )  # fmt: skip
+    manager = start_distill_manager(cfg, str(teacher_dir), str(student_dir), str(data_dir / "sft"))
+    teacher = load_model(teacher_dir)
+    weights = [ray.put(load_model(student_dir).state_dict())]
+    try:
+        for step, on_policy in ((0, 0.0), (1, 1.0)):  # seed 0 draws a teacher step, then a student one
+            ray.get(manager.push_weights.remote(weights, step, 0))
+            trajs, metrics = ray.get(manager.step_batch.remote(step, 0, 1))
+            assert metrics["on_policy"] == on_policy and len(trajs) == 6
+            expected = completion_logprobs(teacher, [(t.prompt_ids, t.completion_ids) for t in trajs])
+            for t, lp in zip(trajs, expected, strict=True):
+                torch.testing.assert_close(t.teacher_logprobs, lp, atol=1e-5, rtol=0)
+            assert metrics["teacher_logprob_bytes"] == sum(lp.numel() * 4 for lp in expected)
+    finally:
+        ray.get(manager.shutdown.remote())
+        ray.kill(manager)
+
+
+def test_seq_kd_refuses_on_policy_steps():
+    with pytest.raises(ValueError, match="on_policy_fraction"):
+        DistillConfig(loss="seq_kd", on_policy_fraction=0.5)
+
+
+@pytest.mark.slow
+def test_distill_stage_exports_a_student_and_reports_its_draft_figures(data_dir, teacher_dir, tmp_path):
+    from orchestration.cli import compose
+    from orchestration.stages import STAGES
+
+    cfg = compose(
+        [
+            f"cluster.storage_path={tmp_path}",
+            "distill.prompts_per_step=4",
+            "distill.samples_per_prompt=2",
+            "distill.max_new_tokens=10",
+            "distill.on_policy_fraction=0.5",
+            "distill.num_teacher_workers=1",
+            "distill.num_student_workers=1",
+            "distill.train.max_steps=3",
+            "distill.train.micro_batch_per_worker=4",
+            "distill.train.warmup_steps=1",
+            "distill.train.checkpoint_every=10",
+            "distill.train.max_failures=0",
+            "distill.draft_eval_prompts=3",
+            "eval.limit=6",
+            "eval.max_new_tokens=10",
+        ]
+    )
+    out = tmp_path / "out"
+    tracker = Tracker(out, "distill", LoggingConfig(wandb_mode="disabled", progress=False))
+    splits = ("tokenizer", "pretrain", "sft", "rl", "eval")
+    ctx = StageContext(
+        name="distill",
+        run_dir=tmp_path,
+        out_dir=out,
+        work_dir=tmp_path / "work",
+        tracker=tracker,
+        artifacts={"data": {s: str(data_dir / s) for s in splits}, "rlvr": {"model": str(teacher_dir)}},
+    )
+    try:
+        result = STAGES["distill"].run(cfg, ctx)
+    finally:
+        tracker.close()
+
+    student = load_model(out / result.outputs["model"])
+    baseline = load_model(out / result.outputs["baseline_model"])
+    assert student.config.model_type == baseline.config.model_type == "qwen3"
+    assert student.config.vocab_size == len(load_tokenizer(out / "model"))
+    init = load_model(tmp_path / "work" / "student_init")
+    for trained in (student, baseline):  # both started from the saved init and moved away from it
+        assert any(
+            not torch.equal(a, b) for a, b in zip(trained.parameters(), init.parameters(), strict=True)
+        )
+    m = result.metrics
+    for prefix in ("", "baseline_"):
+        assert 0.0 <= m[f"{prefix}top1_agreement"] <= 1.0
+        assert 0.0 <= m[f"{prefix}acceptance_rate"] <= 1.0 and m[f"{prefix}speedup"] > 0
+        # Greedy speculative decoding reproduces the teacher's greedy output, whatever the draft.
+        assert m[f"{prefix}same_as_teacher"] == 1.0
+    assert 0.0 <= m["pass@1"] <= 1.0 and 0.0 <= m["baseline_pass@1"] <= 1.0 and "teacher_pass@1" in m
+    assert 0 < m["student_params"] < m["teacher_params"]
+    json.dumps(m)  # manifest-ready
+    rows = read_metrics(out)
+    steps = [r for r in rows if "kd_loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    assert {r["on_policy"] for r in steps} == {0.0, 1.0}  # seed 0 at 0.5: teacher step, then student steps
+    assert all(r["teacher_logprob_bytes"] > 0 and 0 <= r["top1_agreement"] <= 1 for r in steps)
+    assert [r["step"] for r in read_metrics(out / "baseline")] == [1, 2, 3]
+
+
+def test_a_local_ray_too_small_for_learner_and_workers_fails_at_once_naming_the_knobs(ray_session):
+    from orchestration.cli import compose
+    from rl.distill import check_local_cpus
+
+    # The test session's Ray has 4 CPUs: 2 learner CPUs + 4 workers x 0.5 + the manager's 0.01 do not fit.
+    cfg = compose(
+        ["distill.on_policy_fraction=0.5", "distill.num_student_workers=2", "distill.worker_cpus=0.5"]
+    )
+    with pytest.raises(ValueError, match="cluster.num_cpus"):
+        check_local_cpus(cfg)
+    check_local_cpus(compose(["distill.on_policy_fraction=0.5"]))  # the default: 2 + 3 x 0.5 + 0.01
