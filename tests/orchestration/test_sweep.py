@@ -74,7 +74,7 @@ def test_each_distribution_parses_to_its_tune_domain():
         ("optimizer.name", "grid", (["adamw", "muonclip"],)),
     ]
     lr, ratio, experts, warmup, name = (d.domain() for d in dims)
-    assert (lr.lower, lr.upper, type(lr.get_sampler()).__name__) == (1e-4, 3e-3, "LogUniform")
+    assert (lr.lower, lr.upper) == (1e-4, 3e-3) and "LogUniform" in type(lr.get_sampler()).__name__
     assert (ratio.lower, ratio.upper) == (0.0, 0.5)
     assert experts.categories == [4, 8]
     assert (warmup.lower, warmup.upper) == (1, 10)
@@ -101,7 +101,7 @@ def test_a_value_needing_spaces_cannot_become_an_override():
         ("++sweep.space.pretrain.lr='logunif(1e-4, 3e-3)'", "unknown distribution 'logunif'"),
         ("++sweep.space.pretrain.lr='loguniform(0, 3e-3)'", "a log scale needs low > 0"),
         ("++sweep.space.pretrain.lr=3e-3", "sweep.space.pretrain.lr: 0.003 is not a distribution"),
-        ("++sweep.space.model.num_experts='choice([4, 8'", "sweep.space.model.num_experts: cannot read"),
+        ("++sweep.space.model.num_experts='choice([4, 8'", "sweep.space.model.num_experts: 'choice([4, 8' is not a distribution"),
         ("++sweep.space.model.num_experts='uniform(2, 8)'", "sweep.space.model.num_experts: value 2.0 is not valid"),
         ("++sweep.space.model='choice([moe_tiny, nope])'", "sweep.space.model: value 'nope' is not valid"),
         ("++sweep.space.task.seed='choice([1, 2])'", "stage 'pretrain' does not read 'task.seed'"),
