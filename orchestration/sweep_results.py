@@ -43,6 +43,11 @@ def _last_checkpoint(result) -> str | None:
     return str(paths.iloc[-1]) if len(paths) else None
 
 
+def _point(result) -> dict[str, Any]:
+    # Tune knows no config of a trial that an interrupt left pending, before its first report.
+    return (result.config or {}).get("point", {})
+
+
 def trial_row(result, sweep_dir: Path, metric: str) -> dict[str, Any]:
     metrics = result.metrics or {}
     trial_id = metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_")
@@ -53,7 +58,7 @@ def trial_row(result, sweep_dir: Path, metric: str) -> dict[str, Any]:
         "status": _status(result, stage),
         "step": metrics.get("step"),
         metric: metrics.get(metric),
-        **result.config["point"],
+        **_point(result),
         "checkpoint_path": _last_checkpoint(result),
         "model_dir": (stage or {}).get("outputs", {}).get("model"),
         **{f"stage/{k}": v for k, v in (stage or {}).get("metrics", {}).items()},
@@ -98,7 +103,7 @@ def write_results(
     rows, points = [], {}
     for result in grid:
         rows.append(trial_row(result, sweep_dir, sweep.metric))
-        points[rows[-1]["trial_id"]] = result.config["point"]
+        points[rows[-1]["trial_id"]] = _point(result)
     rows.sort(key=lambda r: r["trial_id"])
     atomic_write_text(sweep_dir / "trials.csv", _csv(rows))
     unfinished = sum(r["status"] == "unfinished" for r in rows)

@@ -46,8 +46,8 @@ def _asha(sweep: SweepConfig, max_steps: int) -> TrialScheduler:
 SCHEDULERS = {"asha": _asha, "fifo": lambda sweep, max_steps: FIFOScheduler()}
 
 
-def orphaned_placement_groups() -> list:
-    """Placement groups still held although the actor that made them is dead.
+def _job_placement_groups() -> list[tuple[object, bool]]:
+    """This job's live placement groups made by actors, each with whether its creator is dead.
 
     Ray ties such a group's lifetime to the job, not to its creator, so the group of a Ray Train
     run whose controller died stays reserved until the sweep's driver exits. Read from the GCS
@@ -57,21 +57,44 @@ def orphaned_placement_groups() -> list:
     from ray.core.generated import gcs_pb2
     from ray.util.placement_group import PlacementGroup
 
-    orphans = []
+    job = ray.JobID.from_hex(ray.get_runtime_context().get_job_id())
+    groups = []
     for blob in state._connect_and_get_accessor().get_placement_group_table():
         pg = gcs_pb2.PlacementGroupTableData.FromString(blob)
-        made_by_actor = not ray.ActorID(pg.creator_actor_id).is_nil()  # not by a driver
-        removed = pg.state == gcs_pb2.PlacementGroupTableData.REMOVED
-        if made_by_actor and pg.creator_actor_dead and not pg.is_detached and not removed:
-            orphans.append(PlacementGroup(ray.PlacementGroupID(pg.placement_group_id)))
-    return orphans
+        made_by_actor = not ray.ActorID(pg.creator_actor_id).is_nil()  # not by a driver (Tune's trials)
+        live = pg.state != gcs_pb2.PlacementGroupTableData.REMOVED and not pg.is_detached
+        if made_by_actor and live and ray.JobID(pg.creator_job_id) == job:
+            groups.append(
+                (PlacementGroup(ray.PlacementGroupID(pg.placement_group_id)), pg.creator_actor_dead)
+            )
+    return groups
+
+
+def free_orphaned_placement_groups() -> int:
+    """Remove this job's placement groups whose creating actor died; returns how many."""
+    orphans = [pg for pg, creator_dead in _job_placement_groups() if creator_dead]
+    for pg in orphans:
+        log.info("sweep: freeing placement group %s of a stopped trial's Ray Train run", pg.id.hex())
+        ray.util.remove_placement_group(pg)
+    return len(orphans)
+
+
+def free_after_sweep(timeout_s: float = 30.0) -> None:
+    """Once every trial ended: wait for the last stopped trials' controllers to die, freeing
+    their groups, so that the Ray instance is whole again for whatever runs next."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        free_orphaned_placement_groups()
+        if not _job_placement_groups() or time.monotonic() > deadline:
+            return
+        time.sleep(1.0)
 
 
 class FreeStoppedTrials(tune.Callback):
     """Frees the Ray Train workers' placement group of every trial the scheduler stopped.
 
     Tune stops a trial by ending its actor, which takes the trial's Ray Train controller with it;
-    the controller's worker placement group stays reserved (see `orphaned_placement_groups`) and
+    the controller's worker placement group stays reserved (see `_job_placement_groups`) and
     the next trials wait for CPUs that never come back. Ray Train V2 frees it from a detached
     watcher that needs the dashboard's state API, which `cluster.connect` does not start (and
     which cannot pick between several local Ray instances). So every few seconds the sweep's
@@ -82,10 +105,8 @@ class FreeStoppedTrials(tune.Callback):
         self.every_s = every_s
         self._last = 0.0
 
-    def on_step(self, iteration: int, trials: list, **info) -> None:
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
         if time.monotonic() - self._last < self.every_s:
             return
         self._last = time.monotonic()
-        for pg in orphaned_placement_groups():
-            log.info("sweep: freeing placement group %s of a stopped trial's Ray Train run", pg.id.hex())
-            ray.util.remove_placement_group(pg)
+        free_orphaned_placement_groups()

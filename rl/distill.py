@@ -33,6 +33,7 @@ from rl.kd import KD_LOSSES, top1_agreement
 from rl.learner import RolloutSource, WeightSync
 from rl.learner import collate as policy_collate
 from rl.rollout import Trajectory
+from training.config import with_global_batch
 from training.loop import Recipe, TrainJob, fit
 from training.models import build_model, load_model, parameter_counts
 from training.pretrain import SFT
@@ -129,13 +130,23 @@ def save_student_init(cfg: DistillConfig, tokenizer_dir: Path, out: Path) -> Pat
     return out
 
 
+def _train_config(cfg):
+    d = cfg.distill
+    return with_global_batch(
+        d.train,
+        d.prompts_per_step * d.samples_per_prompt,
+        cfg.cluster.num_workers,
+        "distill.prompts_per_step x distill.samples_per_prompt",
+    )
+
+
 def _job(cfg, ctx: StageContext, name: str, recipe: Recipe, init: Path, data: str, export: Path) -> TrainJob:
     d = cfg.distill
     return TrainJob(
         name=name,
         recipe=recipe,
         model=replace(d.student, pretrained=str(init)),
-        train=replace(d.train, global_batch_size=d.prompts_per_step * d.samples_per_prompt),
+        train=_train_config(cfg),
         optimizer=cfg.optimizer,
         expert_parallel=cfg.expert_parallel,
         tokenizer_dir=str(ctx.artifact("data", "tokenizer")),
@@ -195,6 +206,7 @@ def check_local_cpus(cfg) -> None:
 def run_distill(cfg, ctx: StageContext) -> StageResult:
     d = cfg.distill
     check_local_cpus(cfg)
+    _train_config(cfg)  # a batch the learner cannot split fails before any actor starts
     teacher = ctx.artifact("rlvr", "model")
     init = save_student_init(d, ctx.artifact("data", "tokenizer"), ctx.work_dir / "student_init")
     last = _distill(cfg, ctx, teacher, init)

@@ -16,6 +16,7 @@ import ray
 
 from rl.learner import grpo_recipe
 from rl.rollout_manager import start_manager
+from training.config import with_global_batch
 from training.loop import TrainJob, fit
 from training.models import load_model, parameter_counts
 from training.stage import StageContext, StageResult
@@ -39,8 +40,13 @@ def run_rlvr(cfg, ctx: StageContext) -> StageResult:
     source = start_stage(ctx)
     start_model = str(ctx.artifact(source, "model"))
     log.info("rlvr: GRPO from the %s model %s (%s mode)", source, start_model, rl.mode)
+    train = with_global_batch(
+        rl.train,
+        rl.prompts_per_step * rl.group_size,
+        cfg.cluster.num_workers,
+        "rlvr.prompts_per_step x rlvr.group_size",
+    )
     manager = start_manager(rl, start_model, str(ctx.artifact("data", "rl")))
-    train = replace(rl.train, global_batch_size=rl.prompts_per_step * rl.group_size)
     job = TrainJob(
         name=ctx.name,
         recipe=grpo_recipe(rl, manager),

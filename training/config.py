@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass
@@ -134,3 +134,14 @@ class TrainConfig:
                 f"({self.micro_batch_per_worker}) x workers ({world_size}) = {per_step}"
             )
         return self.global_batch_size // per_step
+
+
+def with_global_batch(train: TrainConfig, batch: int, world_size: int, source: str) -> TrainConfig:
+    """`train` with the batch a stage derives from its own knobs (`source`, e.g. prompts x group),
+    checked on the driver: a batch the workers cannot split fails before any actor starts."""
+    train = replace(train, global_batch_size=batch)
+    try:
+        train.accumulation_steps(world_size)
+    except ValueError as err:
+        raise ValueError(f"{source} = {batch} sets the learner's batch: {err}") from None
+    return train

@@ -384,6 +384,7 @@ def fit(job: TrainJob, tracker) -> dict:
     """Run `job` on Ray Train; stream worker metrics into `tracker`; returns the last metrics."""
     from ray.util.queue import Queue
 
+    job.train.accumulation_steps(job.num_workers)  # on the driver, not once per started worker
     job.metrics_queue = Queue()
     trainer = make_trainer(job)
     stop, last = threading.Event(), {}

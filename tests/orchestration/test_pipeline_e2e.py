@@ -1,33 +1,96 @@
-"""End to end: data -> pretrain -> sft through the real command, tiny sizes, and a rerun that skips."""
+"""End to end: the real `reasonforge` command runs every default stage (data -> pretrain -> sft ->
+rlvr -> distill -> serve -> report) at tiny sizes, each handing its checkpoint to the next; a rerun
+skips them all."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from transformers import AutoConfig
 
-TINY = ["task.pretrain_docs=600", "task.sft_pairs=200", "task.rl_prompts=20", "task.eval_prompts=30",
-        "pretrain.max_steps=6", "pretrain.checkpoint_every=3", "sft.max_steps=4", "sft.checkpoint_every=2",
-        "eval.limit=20", "eval.max_new_tokens=24", "logging.wandb_mode=disabled", "logging.progress=false"]
+from training.tracking import read_metrics
+
+STAGES = ("data", "pretrain", "sft", "rlvr", "distill", "serve", "report")
+TINY = [
+    "task.pretrain_docs=600",
+    "task.sft_pairs=200",
+    "task.rl_prompts=40",
+    "task.eval_prompts=30",
+    "pretrain.max_steps=6",
+    "pretrain.checkpoint_every=3",
+    "sft.max_steps=4",
+    "sft.checkpoint_every=2",
+    "rlvr.train.max_steps=2",
+    "rlvr.prompts_per_step=4",
+    "rlvr.group_size=8",
+    "rlvr.max_new_tokens=16",
+    "distill.train.max_steps=2",
+    "distill.prompts_per_step=4",
+    "distill.train.micro_batch_per_worker=4",
+    "distill.max_new_tokens=16",
+    "distill.compare_baseline=false",  # the baseline comparison has its own test (tests/rl/test_distill.py)
+    "distill.draft_eval_prompts=3",
+    "eval.limit=10",
+    "eval.max_new_tokens=16",
+    "logging.progress=false",
+]
+
+
+def _manifest(run: Path, stage: str) -> dict:
+    return json.loads((run / stage / "manifest.json").read_text())
 
 
 @pytest.mark.slow
-def test_data_pretrain_sft_pipeline_then_rerun_skips_everything(tmp_path):
-    cmd = [sys.executable, "-m", "orchestration.pipeline", f"cluster.storage_path={tmp_path}", "run_name=e2e", *TINY]
+def test_every_stage_runs_through_the_real_command_then_a_rerun_skips_them_all(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "orchestration.pipeline",
+        f"cluster.storage_path={tmp_path}",
+        "run_name=e2e",
+        *TINY,
+    ]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-4000:]
     run = tmp_path / "e2e"
-    sft = json.loads((run / "sft" / "manifest.json").read_text())
-    pre = json.loads((run / "pretrain" / "manifest.json").read_text())
-    assert sft["inputs"]["pretrain"] == pre["fingerprint"]
-    for m in (pre, sft):
-        assert 0.0 <= m["metrics"]["pass@1"] <= 1.0 and m["metrics"]["eval_prompts"] == 20
-        assert m["metrics"]["params_total"] > m["metrics"]["params_active"]  # MoE: top-2 of 4 experts
-    assert (run / "sft" / "model" / "model.safetensors").exists()
+    log = first.stdout + first.stderr
+    m = {stage: _manifest(run, stage) for stage in STAGES}
+
+    # Each stage consumed the previous stage's checkpoint, by fingerprint.
+    for upstream, stage in [("data", "pretrain"), ("pretrain", "sft"), ("sft", "rlvr"), ("rlvr", "distill")]:
+        assert m[stage]["inputs"][upstream] == m[upstream]["fingerprint"], stage
+    assert {"rlvr", "distill"} <= set(m["serve"]["inputs"])  # the RL model, drafted by the student
+
+    assert set(m["data"]["outputs"]) == {"tokenizer", "pretrain", "sft", "rl", "eval"}
+    assert str(run / "data" / "tokenizer") in log  # the summary says where outputs are
+    for stage in ("pretrain", "sft", "rlvr"):
+        metrics = m[stage]["metrics"]
+        assert 0.0 <= metrics["pass@1"] <= 1.0 and metrics["eval_prompts"] == 10
+        assert AutoConfig.from_pretrained(run / stage / "model").model_type == "qwen3_moe"
+    assert m["sft"]["metrics"]["params_total"] > m["sft"]["metrics"]["params_active"]  # top-2 of 4 experts
+    assert m["rlvr"]["metrics"]["steps"] == 2 and "pass@1_gain" in m["rlvr"]["metrics"]
+    assert [r["step"] for r in read_metrics(run / "rlvr") if "reward_mean" in r] == [1, 2]
+    assert AutoConfig.from_pretrained(run / "distill" / "model").model_type == "qwen3"
+    assert 0 < m["distill"]["metrics"]["student_params"] < m["distill"]["metrics"]["teacher_params"]
+    assert m["distill"]["metrics"]["same_as_teacher"] == 1.0  # greedy speculation is lossless
+    serve = m["serve"]["metrics"]
+    assert serve["ok"] == serve["requests"] == 10 and 0.0 <= serve["endpoint_pass@1"] <= 1.0
+    assert len((run / "serve" / "answers.jsonl").read_text().splitlines()) == 10
+    report = (run / "report" / "report.md").read_text()
+    assert all(stage in report for stage in STAGES[:-1])
+    assert {p.name for p in (run / "report" / "plots").glob("*.png")} >= {"loss.png", "pass_at_1.png"}
+
+    # wandb ran offline inside each stage directory; metrics.jsonl sits beside it; the run log.
+    assert list((run / "data" / "wandb").glob("offline-run-*"))
+    assert (run / "pretrain" / "metrics.jsonl").read_text().strip()
+    assert "[data] running" in (run / "pipeline.log").read_text()
 
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0
+    assert second.returncode == 0, second.stderr[-4000:]
     log = second.stdout + second.stderr
-    assert all(f"[{s}] skipped" in log for s in ("data", "pretrain", "sft"))
+    assert all(f"[{s}] skipped" in log for s in STAGES), log[-4000:]
+    assert not any(f"[{s}] running" in log for s in STAGES)

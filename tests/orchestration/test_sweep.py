@@ -16,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from hydra.errors import ConfigCompositionException
 from ray import tune
 
 from orchestration.search_space import parse_space, parse_value, render_value
@@ -41,8 +42,9 @@ BASE = [
     "pretrain.global_batch_size=8",
     "pretrain.micro_batch_per_worker=8",
     "pretrain.seq_len=64",
-    "eval.limit=8",
-    "eval.max_new_tokens=16",
+    "pretrain.peak_flops_per_worker=1e9",  # skip the matmul benchmark
+    "eval.limit=4",
+    "eval.max_new_tokens=8",
 ]
 # Two learning rates that train and two far too small to: with rungs at steps 2 and 4 and the
 # trials run one at a time in this order, ASHA must stop the tiny ones at the first rung.
@@ -97,12 +99,21 @@ def test_a_value_needing_spaces_cannot_become_an_override():
     "entry, message",
     [
         ("++sweep.space.pretrain.lrr='uniform(1, 2)'", "sweep.space: unknown key 'pretrain.lrr'"),
-        ("++sweep.space.pretrain.lr='loguniform(1e-4 3e-3)'", "sweep.space.pretrain.lr: 'loguniform(1e-4 3e-3)'"),
+        (
+            "++sweep.space.pretrain.lr='loguniform(1e-4 3e-3)'",
+            "sweep.space.pretrain.lr: 'loguniform(1e-4 3e-3)'",
+        ),
         ("++sweep.space.pretrain.lr='logunif(1e-4, 3e-3)'", "unknown distribution 'logunif'"),
         ("++sweep.space.pretrain.lr='loguniform(0, 3e-3)'", "a log scale needs low > 0"),
         ("++sweep.space.pretrain.lr=3e-3", "sweep.space.pretrain.lr: 0.003 is not a distribution"),
-        ("++sweep.space.model.num_experts='choice([4, 8'", "sweep.space.model.num_experts: 'choice([4, 8' is not a distribution"),
-        ("++sweep.space.model.num_experts='uniform(2, 8)'", "sweep.space.model.num_experts: value 2.0 is not valid"),
+        (
+            "++sweep.space.model.num_experts='choice([4, 8'",
+            "sweep.space.model.num_experts: 'choice([4, 8' is not a distribution",
+        ),
+        (
+            "++sweep.space.model.num_experts='uniform(2, 8)'",
+            "sweep.space.model.num_experts: value 2.0 is not valid",
+        ),
         ("++sweep.space.model='choice([moe_tiny, nope])'", "sweep.space.model: value 'nope' is not valid"),
         ("++sweep.space.task.seed='choice([1, 2])'", "stage 'pretrain' does not read 'task.seed'"),
     ],
@@ -126,7 +137,9 @@ def test_upstream_config_cannot_be_swept_from_a_later_stage():
         plan_sweep(compose_sweep(overrides), overrides)
 
 
-@pytest.mark.parametrize("stage, section", [("sft", "sft"), ("rlvr", "rlvr.train"), ("distill", "distill.train")])
+@pytest.mark.parametrize(
+    "stage, section", [("sft", "sft"), ("rlvr", "rlvr.train"), ("distill", "distill.train")]
+)
 def test_any_training_stage_is_swept_by_name_through_its_train_config(stage, section):
     overrides = [
         *BASE,
@@ -142,7 +155,7 @@ def test_any_training_stage_is_swept_by_name_through_its_train_config(stage, sec
 
 
 def test_misspelt_sweep_key_fails_at_compose():
-    with pytest.raises(Exception, match="sweep.metrc"):
+    with pytest.raises(ConfigCompositionException, match="sweep.metrc"):
         compose_sweep(["sweep.metrc=loss"])
 
 
@@ -155,7 +168,8 @@ def _wait_for(find, proc: subprocess.Popen, log: Path, timeout: float):
         if proc.poll() is not None:
             raise AssertionError(f"sweep exited ({proc.returncode}) early:\n{log.read_text()[-4000:]}")
         time.sleep(1)
-    proc.kill()
+    proc.send_signal(signal.SIGINT)  # lets the sweep's driver shut its Ray instance down
+    proc.wait(timeout=120)
     raise AssertionError(f"timed out:\n{log.read_text()[-4000:]}")
 
 
@@ -195,7 +209,7 @@ def sweep_run(ray_session, tmp_path_factory):
 def test_interrupted_sweep_resumes_without_redoing_finished_trials(sweep_run):
     assert sweep_run.first_returncode != 0 and "rerun the same command to resume" in sweep_run.first_log
     statuses = {row["trial_id"]: row["status"] for row in sweep_run.before["csv"]}
-    assert sweep_run.finished.name in statuses and "unfinished" in statuses.values(), statuses
+    assert statuses[sweep_run.finished.name] == "completed" and "unfinished" in statuses.values(), statuses
     # The trial that had finished was not run again: same stage.json, each step trained once.
     assert sweep_run.finished.joinpath("stage.json").stat().st_mtime_ns == sweep_run.before["stage_mtime"]
     steps = [r["step"] for r in read_metrics(sweep_run.finished / "stage") if "loss" in r]
@@ -209,14 +223,15 @@ def test_asha_stops_the_tiny_learning_rates_at_the_first_rung(sweep_run):
     assert {"trial_id", "status", "step", "eval_loss", "pretrain.lr", "checkpoint_path"} <= set(rows[0])
     by_lr = {float(r["pretrain.lr"]): r for r in rows}
     assert set(by_lr) == set(LRS)
-    for lr, row in by_lr.items():
-        if lr in TINY_LRS:
-            assert (row["status"], row["step"]) == ("stopped", "2"), row
-        else:  # kept at both rungs, or stopped at the second
-            assert (row["status"], row["step"]) in {("completed", "6"), ("stopped", "4")}, row
+    # The first trial is alone at every rung, so it always completes; the tiny learning rates ran
+    # after the resume and were still compared with it, so ASHA's rungs survived Tuner.restore.
+    assert (by_lr[LRS[0]]["status"], by_lr[LRS[0]]["step"]) == ("completed", "6")
+    for lr in TINY_LRS:
+        assert (by_lr[lr]["status"], by_lr[lr]["step"]) == ("stopped", "2"), by_lr[lr]
+    for row in rows:  # every trial ran to the end or stopped at a rung
+        assert (row["status"], row["step"]) in {("completed", "6"), ("stopped", "2"), ("stopped", "4")}, row
     # eval_loss reached the stage's own log on the eval steps only, from the real workers.
     completed = [r for r in rows if r["status"] == "completed"]
-    assert completed
     for row in completed:
         logged = read_metrics(sweep_run.sweep_dir / "trials" / row["trial_id"] / "stage")
         assert [r["step"] for r in logged if "eval_loss" in r] == [2, 4, 6]
@@ -232,7 +247,10 @@ def test_best_overrides_rerun_through_reasonforge_reproduce_the_best_metric(swee
     reasonforge = Path(sys.executable).parent / "reasonforge"
     overrides_file = sweep_run.sweep_dir / "best_overrides.txt"
     proc = subprocess.run(
-        ["bash", "-c", f'"{reasonforge}" $(cat "{overrides_file}")'], capture_output=True, text=True, timeout=900
+        ["bash", "-c", f'"{reasonforge}" $(cat "{overrides_file}")'],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "[data] skipped" in proc.stdout + proc.stderr  # the sweep's data, reused

@@ -7,7 +7,7 @@ import torch
 import torch._dynamo
 from deepspeed.runtime.zero.muon.original_muon import muon_update
 
-from training.config import ExpertParallelConfig, OptimizerConfig, TrainConfig
+from training.config import ExpertParallelConfig, OptimizerConfig, TrainConfig, with_global_batch
 from training.deepspeed_config import autoep_size, deepspeed_config
 from training.optim import lr_factor
 
@@ -33,8 +33,15 @@ def test_lr_schedule_warms_up_then_decays_to_floor():
 
 
 def _ds(opt="muonclip", zero=1, **train):
-    return deepspeed_config(TrainConfig(zero_stage=zero, **train), OptimizerConfig(name=opt), ExpertParallelConfig(),
-                            world_size=2, model_type="qwen3_moe", num_experts=4, on_gpu=False)
+    return deepspeed_config(
+        TrainConfig(zero_stage=zero, **train),
+        OptimizerConfig(name=opt),
+        ExpertParallelConfig(),
+        world_size=2,
+        model_type="qwen3_moe",
+        num_experts=4,
+        on_gpu=False,
+    )
 
 
 def test_deepspeed_config_derives_accumulation_and_autoep():
@@ -57,3 +64,12 @@ def test_bad_batch_and_expert_split_are_named():
     with pytest.raises(ValueError, match="autoep_size=3"):
         autoep_size(ExpertParallelConfig(autoep_size=3), num_experts=4, world_size=2)
     assert autoep_size(ExpertParallelConfig(), num_experts=6, world_size=4) == 1  # uneven: no EP
+
+
+def test_a_stage_batch_the_learner_cannot_split_fails_naming_the_stage_knobs():
+    train = TrainConfig(micro_batch_per_worker=16)
+    assert with_global_batch(train, 64, 2, "rlvr.prompts_per_step x rlvr.group_size").global_batch_size == 64
+    with pytest.raises(
+        ValueError, match=r"rlvr.prompts_per_step x rlvr.group_size = 16 .* x workers \(2\) = 32"
+    ):
+        with_global_batch(train, 16, 2, "rlvr.prompts_per_step x rlvr.group_size")

@@ -18,12 +18,28 @@ from training.tracking import LoggingConfig, Tracker, read_metrics
 
 
 def _job(data_dir: Path, tmp_path: Path, name="t", **train) -> TrainJob:
-    train = {"max_steps": 3, "global_batch_size": 8, "micro_batch_per_worker": 4, "seq_len": 64,
-             "checkpoint_every": 2, "max_failures": 0, "warmup_steps": 1, **train}
-    return TrainJob(name=name, recipe=PRETRAIN, model=ModelConfig(), train=TrainConfig(**train),
-                    optimizer=OptimizerConfig(), expert_parallel=ExpertParallelConfig(),
-                    tokenizer_dir=str(data_dir / "tokenizer"), data_dir=str(data_dir / "pretrain"),
-                    export_dir=str(tmp_path / "export"), work_dir=str(tmp_path / "work"))
+    train = {
+        "max_steps": 3,
+        "global_batch_size": 8,
+        "micro_batch_per_worker": 4,
+        "seq_len": 64,
+        "checkpoint_every": 2,
+        "max_failures": 0,
+        "warmup_steps": 1,
+        **train,
+    }
+    return TrainJob(
+        name=name,
+        recipe=PRETRAIN,
+        model=ModelConfig(),
+        train=TrainConfig(**train),
+        optimizer=OptimizerConfig(),
+        expert_parallel=ExpertParallelConfig(),
+        tokenizer_dir=str(data_dir / "tokenizer"),
+        data_dir=str(data_dir / "pretrain"),
+        export_dir=str(tmp_path / "export"),
+        work_dir=str(tmp_path / "work"),
+    )
 
 
 def _fit(job: TrainJob, track_dir: Path) -> dict:
@@ -34,64 +50,85 @@ def _fit(job: TrainJob, track_dir: Path) -> dict:
         tracker.close()
 
 
-@pytest.mark.parametrize("zero", [1, 2, pytest.param(3, marks=pytest.mark.slow)])
-def test_zero_stage_trains_and_exports_a_loadable_model(zero, data_dir, tmp_path):
+def _assert_exports_a_loadable_moe(export: Path) -> None:
+    # The export holds all 4 experts (gathered from both expert-parallel ranks) and loads/generates.
+    # (transformers saves the fused expert tensors as one gate/up/down matrix per expert)
+    weights = load_file(str(export / "model.safetensors"))
+    experts = {k.split(".")[5] for k in weights if k.startswith("model.layers.0.mlp.experts.")}
+    assert experts == {"0", "1", "2", "3"}
+    model = AutoModelForCausalLM.from_pretrained(export).eval()
+    tok = load_tokenizer(export)
+    ids = tok("<|user|>\nCompute 2+3\n<|assistant|>\n", return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] == ids.shape[1] + 5 or tok.eos_token_id in out[0, ids.shape[1] :].tolist()
+
+
+def _assert_each_ep_rank_saved_its_own_experts(ckpt: Path) -> None:
+    names = sorted(p.name for p in ckpt.glob("layer_0_expert_*_model_states.pt"))
+    assert names == [f"layer_0_expert_{e}_mp_rank_00_model_states.pt" for e in range(4)]
+
+
+@pytest.fixture(scope="module")
+def zero1_run(data_dir, tmp_path_factory):
+    """The default setup (ZeRO-1, AutoEP over both workers), 12 steps: shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("zero1")
+    last = _fit(_job(data_dir, tmp, max_steps=12, checkpoint_every=4, zero_stage=1), tmp / "track")
+    return tmp, last
+
+
+def test_training_lowers_the_loss_and_exports_a_loadable_model(zero1_run):
+    tmp, last = zero1_run
+    assert last["step"] == 12
+    rows = read_metrics(tmp / "track")
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    for key in ("loss", "aux_loss", "tokens_per_s", "mfu", "max_attn_logit", "expert_share/3", "lr"):
+        assert key in rows[-1], key
+    assert sum(rows[-1][f"expert_share/{i}"] for i in range(4)) == pytest.approx(1.0)
+    losses = [r["loss"] for r in rows]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3, losses
+    _assert_exports_a_loadable_moe(tmp / "export")
+    _assert_each_ep_rank_saved_its_own_experts(tmp / "work" / "t" / "step_0000012" / "ds")
+
+
+@pytest.mark.parametrize("zero", [2, pytest.param(3, marks=pytest.mark.slow)])
+def test_zero_stage_trains_qk_clips_and_exports_a_loadable_model(zero, data_dir, tmp_path):
     job = _job(data_dir, tmp_path, zero_stage=zero)
+    job = replace(job, optimizer=OptimizerConfig(qk_clip_tau=1.0))  # far below the natural max logit
     last = _fit(job, tmp_path / "track")
     assert last["step"] == 3
     rows = read_metrics(tmp_path / "track")
     assert [r["step"] for r in rows] == [1, 2, 3]
-    for key in ("loss", "aux_loss", "tokens_per_s", "mfu", "max_attn_logit", "expert_share/3", "lr"):
-        assert key in rows[-1], key
-    assert sum(rows[-1][f"expert_share/{i}"] for i in range(4)) == pytest.approx(1.0)
-
-    # The export holds all 4 experts (gathered from both expert-parallel ranks) and loads/generates.
-    # (transformers saves the fused expert tensors as one gate/up/down matrix per expert)
-    weights = load_file(str(tmp_path / "export" / "model.safetensors"))
-    experts = {k.split(".")[5] for k in weights if k.startswith("model.layers.0.mlp.experts.")}
-    assert experts == {"0", "1", "2", "3"}
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
-    tok = load_tokenizer(tmp_path / "export")
-    ids = tok("<|user|>\nCompute 2+3\n<|assistant|>\n", return_tensors="pt").input_ids
-    out = model.generate(ids, max_new_tokens=5, do_sample=False)
-    assert out.shape[1] == ids.shape[1] + 5 or tok.eos_token_id in out[0, ids.shape[1]:].tolist()
-
-    if zero < 3:  # each expert-parallel rank saved only its own half of the experts
-        ckpt = tmp_path / "work" / "t" / "step_0000003" / "ds"
-        names = sorted(p.name for p in ckpt.glob("layer_0_expert_*_model_states.pt"))
-        assert names == [f"layer_0_expert_{e}_mp_rank_00_model_states.pt" for e in range(4)]
+    assert all(r["qk_clipped_heads"] > 0 for r in rows)
+    # The clip reached DeepSpeed's fp32 master weights (partitioned, under ZeRO-3): had it touched
+    # only the module copy, the optimizer step would restore the old scale and the next forward's
+    # max logit would not drop.
+    assert rows[1]["max_attn_logit"] < 0.6 * rows[0]["max_attn_logit"], rows
+    _assert_exports_a_loadable_moe(tmp_path / "export")
+    if zero < 3:  # ZeRO-3 partitions every parameter, experts included, into its own files
+        _assert_each_ep_rank_saved_its_own_experts(tmp_path / "work" / "t" / "step_0000003" / "ds")
 
 
-def test_training_lowers_the_loss(data_dir, tmp_path):
-    _fit(_job(data_dir, tmp_path, max_steps=12, checkpoint_every=100, zero_stage=1), tmp_path / "track")
-    losses = [r["loss"] for r in read_metrics(tmp_path / "track")]
-    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3, losses
-
-
-def test_restart_resumes_from_the_latest_checkpoint(data_dir, tmp_path):
-    job = _job(data_dir, tmp_path, max_steps=4)
-    _fit(job, tmp_path / "first")
-    # Same run name and storage: Ray Train hands the workers the step-4 checkpoint.
-    _fit(replace(job, train=replace(job.train, max_steps=6)), tmp_path / "second")
-    assert [r["step"] for r in read_metrics(tmp_path / "second")] == [5, 6]
+@pytest.fixture(scope="module")
+def killed_run(data_dir, tmp_path_factory):
+    """Rank 1 dies before step 4 of 5 (one restart allowed)."""
+    tmp = tmp_path_factory.mktemp("killed")
+    job = _job(data_dir, tmp, max_steps=5, fail_at_step=3, max_failures=1)
+    return job, tmp, _fit(job, tmp / "track")
 
 
 @pytest.mark.slow
-def test_killed_worker_is_replaced_and_the_run_finishes(data_dir, tmp_path):
-    job = _job(data_dir, tmp_path, max_steps=5, fail_at_step=3, max_failures=1)
-    last = _fit(job, tmp_path / "track")
+def test_killed_worker_is_replaced_and_the_run_finishes(killed_run):
+    _, tmp, last = killed_run
     assert last["step"] == 5
-    assert (tmp_path / "work" / "t.failure_injected").exists()
+    assert (tmp / "work" / "t.failure_injected").exists()
     # Rank 1 died before step 4; the new worker group resumed from the step-2 checkpoint.
-    assert [r["step"] for r in read_metrics(tmp_path / "track")] == [1, 2, 3, 3, 4, 5]
+    assert [r["step"] for r in read_metrics(tmp / "track")] == [1, 2, 3, 3, 4, 5]
 
 
-def test_qk_clip_keeps_the_max_logit_at_tau_during_training(data_dir, tmp_path):
-    job = _job(data_dir, tmp_path, max_steps=3)
-    job = replace(job, optimizer=OptimizerConfig(qk_clip_tau=1.0))  # far below the natural max logit
-    _fit(job, tmp_path / "track")
-    rows = read_metrics(tmp_path / "track")
-    assert all(r["qk_clipped_heads"] > 0 for r in rows)
-    # The clip reached DeepSpeed's fp32 master weights: had it touched only the module copy, the
-    # optimizer step would restore the old scale and the next forward's max logit would not drop.
-    assert rows[1]["max_attn_logit"] < 0.6 * rows[0]["max_attn_logit"], rows
+@pytest.mark.slow
+def test_restart_resumes_from_the_latest_checkpoint(killed_run):
+    job, tmp, _ = killed_run
+    # Same run name and storage: Ray Train hands the workers the step-5 checkpoint.
+    longer = replace(job, train=replace(job.train, max_steps=7), export_dir=str(tmp / "export7"))
+    _fit(longer, tmp / "second")
+    assert [r["step"] for r in read_metrics(tmp / "second")] == [6, 7]
