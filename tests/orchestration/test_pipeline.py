@@ -1,7 +1,8 @@
 """The driver: manifests, skipping finished stages, re-running changed ones, surviving crashes.
 
 These tests drive the real driver on real Ray with two small stage functions that write files, so
-each behaviour is checked in seconds; tests/orchestration/test_demo_data.py runs the real data stage.
+each behaviour is checked in seconds; the last test does the same with the real data stage, and
+tests/orchestration/test_pipeline_e2e.py runs every stage through the `reasonforge` command.
 """
 
 from __future__ import annotations
@@ -161,3 +162,33 @@ def test_stage_run_alone_reuses_finished_upstream(two_stages):
     pipeline.run_pipeline(cfg("stages=[consume]", "resume=false"))
     assert CALLS == ["produce", "consume", "consume"]
     assert Path(run_dir / "consume" / "copy.txt").exists()
+
+
+def test_real_data_stage_skips_on_rerun_and_reruns_when_task_seed_changes(ray_session, tmp_path, caplog):
+    def run(*overrides):
+        caplog.clear()
+        pipeline.run_pipeline(
+            compose(
+                [
+                    f"cluster.storage_path={tmp_path}",
+                    "run_name=d",
+                    "stages=[data]",
+                    "logging.wandb_mode=disabled",
+                    "task.pretrain_docs=300",
+                    "task.sft_pairs=100",
+                    "task.rl_prompts=20",
+                    "task.eval_prompts=20",
+                    *overrides,
+                ]
+            )
+        )
+        return caplog.text
+
+    caplog.set_level("INFO", logger="reasonforge.pipeline")
+    manifest = tmp_path / "d" / "data" / "manifest.json"
+    assert "[data] running: no finished manifest" in run()
+    first = json.loads(manifest.read_text())
+    assert "[data] skipped" in run() and json.loads(manifest.read_text()) == first
+    assert "[data] running: config changed" in run("task.seed=1")
+    second = json.loads(manifest.read_text())
+    assert second["config"]["task"]["seed"] == 1 and second["output_hashes"] != first["output_hashes"]
