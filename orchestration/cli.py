@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from orchestration.config import RootConfig, register_configs
@@ -22,7 +23,12 @@ def to_root(cfg: DictConfig) -> RootConfig:
 
 
 def compose(overrides: list[str] | None = None) -> RootConfig:
-    """The config `reasonforge <overrides>` would run with (for tests and notebooks)."""
+    """The config `reasonforge <overrides>` would run with (for tests, notebooks and the sweep).
+
+    Inside a running `hydra.main` of this project (e.g. `reasonforge-sweep`'s) Hydra is already
+    initialised on the same config directory, and initialising it again raises."""
+    if GlobalHydra.instance().is_initialized():
+        return to_root(hydra.compose(config_name="config", overrides=overrides or []))
     with hydra.initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         return to_root(hydra.compose(config_name="config", overrides=overrides or []))
 

@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
@@ -138,17 +137,9 @@ def _check_key(cfg: RootConfig, key: str, spec: StageSpec) -> None:
             )
 
 
-def _compose_pipeline(overrides: list[str]) -> RootConfig:
-    """The pipeline's config for `overrides`, also from inside `reasonforge-sweep`'s own
-    `hydra.main`, where Hydra is already initialised (with the same config directory)."""
-    if GlobalHydra.instance().is_initialized():
-        return to_root(hydra.compose(config_name="config", overrides=overrides))
-    return compose(overrides)
-
-
 def _compose_point(base: list[str], key: str, value: Any) -> RootConfig:
     try:
-        return _compose_pipeline([*base, override(key, value)])
+        return compose([*base, override(key, value)])
     except (HydraException, OmegaConfBaseException, ValueError, TypeError) as err:
         why = f"{err} ({err.__cause__})" if err.__cause__ else str(err)
         raise ValueError(f"sweep.space.{key}: value {value!r} is not valid there: {why}") from err
@@ -210,7 +201,7 @@ class TrialSetup:
 def run_trial(config: dict, setup: TrialSetup) -> None:
     """One trial: the stage function on the base config plus this trial's point."""
     overrides = [*setup.base_overrides, *point_overrides(config["point"])]
-    cfg = _compose_pipeline(overrides)
+    cfg = compose(overrides)
     trial_id = tune.get_context().get_trial_id()
     trial_dir = Path(setup.trials_dir) / trial_id
     out_dir = trial_dir / "stage"
