@@ -18,5 +18,10 @@ def connect(cfg: ClusterConfig) -> None:
     if cfg.address:
         ray.init(address=cfg.address)
     else:
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False)
+        # The dashboard (on loopback) serves Ray's state API. Ray Train's PlacementGroupCleaner
+        # asks it every second whether the train controller lives: without it each fit logs
+        # "Failed to query Ray Train Controller actor state" once a second, and the state client
+        # falls back to 127.0.0.1:8265, where another Ray's dashboard answers "no such actor" and
+        # the cleaner removes this run's placement group mid-training (seen here).
+        ray.init(num_cpus=cfg.num_cpus, include_dashboard=True)
     log.info("ray: %s", ray.cluster_resources())

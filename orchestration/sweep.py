@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
 from dataclasses import dataclass, fields, is_dataclass, replace
@@ -196,12 +197,15 @@ class TrialSetup:
     trials_dir: str
     artifacts: dict[str, dict[str, str]]  # upstream stage -> output -> absolute path
     upstream_metrics: dict[str, dict[str, Any]]
+    # The driver's working directory: relative paths on the command line mean paths from there,
+    # not from the trial's own working directory.
+    base_dir: str
 
 
 def run_trial(config: dict, setup: TrialSetup) -> None:
     """One trial: the stage function on the base config plus this trial's point."""
     overrides = [*setup.base_overrides, *point_overrides(config["point"])]
-    cfg = compose(overrides)
+    cfg = compose(overrides, base_dir=setup.base_dir)
     trial_id = tune.get_context().get_trial_id()
     trial_dir = Path(setup.trials_dir) / trial_id
     out_dir = trial_dir / "stage"
@@ -264,13 +268,19 @@ def run_sweep(cfg: RootConfig, overrides: list[str]) -> SweepOutcome:
     """Plan, run (or resume) and summarise the sweep; `overrides` is the sweep's command line."""
     sweep = cfg.sweep
     plan = plan_sweep(cfg, overrides)
-    run_dir = open_storage(cfg.cluster.storage_path, cfg.cluster.staging_dir).run_dir(cfg.run_name).resolve()
+    run_dir = open_storage(cfg.cluster.storage_path, cfg.cluster.staging_dir).run_dir(cfg.run_name)
     sweep_dir = run_dir / "sweeps" / sweep.name
     connect(cfg.cluster)
     artifacts, upstream_metrics = _upstream_context(cfg, plan, run_dir)
     restore = _prepare_dir(sweep_dir, plan.spec(sweep), sweep.resume)
     setup = TrialSetup(
-        plan.stage, plan.base_overrides, str(run_dir), str(sweep_dir / "trials"), artifacts, upstream_metrics
+        plan.stage,
+        plan.base_overrides,
+        str(run_dir),
+        str(sweep_dir / "trials"),
+        artifacts,
+        upstream_metrics,
+        base_dir=os.getcwd(),
     )
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"CPU": sweep.trial_cpus})
     if restore:

@@ -15,6 +15,7 @@ Deployment options in the YAML's `deployments:` section override those derived h
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -61,11 +62,15 @@ def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
 
 
 def app_for(cfg: ServeConfig, model_dir: str | Path, draft_dir: str | Path | None = None) -> Application:
-    """The app serving `model_dir` (drafting with `draft_dir` when given) as `cfg` says."""
+    """The app serving `model_dir` (drafting with `draft_dir` when given) as `cfg` says.
+
+    Relative directories are taken from this process's working directory (where `serve run` was
+    typed) and handed to the replicas absolute: a replica runs in a working directory of its own."""
     for name, path in (("model_dir", model_dir), ("draft_dir", draft_dir)):
         if path is not None and not (Path(path) / "config.json").is_file():
             raise FileNotFoundError(
                 f"{name}={str(path)!r} is not a Hugging Face model directory (no config.json)"
             )
-    draft = str(draft_dir) if draft_dir is not None else None
-    return OpenAIServer.options(**deployment_options(cfg)).bind(str(model_dir), draft, cfg)
+    model = os.path.abspath(model_dir)
+    draft = os.path.abspath(draft_dir) if draft_dir is not None else None
+    return OpenAIServer.options(**deployment_options(cfg)).bind(model, draft, cfg)

@@ -18,7 +18,9 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        # With the dashboard, as orchestration.cluster.connect starts it: Ray Train's placement
+        # group cleaner needs the state API it serves.
+        ray.init(num_cpus=4, include_dashboard=True, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -23,7 +23,8 @@ def test_sft_labels_cover_completion_tokens_only(tmp_path):
     q, sol = "Compute 2+3", "<think>2+3=5</think> <answer>5</answer>"
     tok = train_tokenizer([render_prompt(q) + render_completion(sol)] * 5, 300, tmp_path / "tok")
     Dataset.from_dict({"prompt": [render_prompt(q)], "completion": [render_completion(sol)]}).save_to_disk(
-        tmp_path / "sft")
+        tmp_path / "sft"
+    )
     batch = PromptCompletionPairs(tmp_path / "sft", tok, seq_len=64).collate([0])
     labelled = batch.labels[0][batch.labels[0] != IGNORE].tolist()
     assert tok.decode(labelled) == render_completion(sol)
