@@ -15,6 +15,7 @@ Deployment options in the YAML's `deployments:` section override those derived h
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,8 +24,11 @@ from typing import Any
 from omegaconf import OmegaConf
 from ray.serve import Application
 
+from serving.auth import KeyRing, check_exposure, read_keys
 from serving.config import ServeConfig
 from serving.deployment import OpenAIServer
+
+log = logging.getLogger("ray.serve")
 
 
 def build_app(args: Mapping[str, Any]) -> Application:
@@ -73,4 +77,15 @@ def app_for(cfg: ServeConfig, model_dir: str | Path, draft_dir: str | Path | Non
             )
     model = os.path.abspath(model_dir)
     draft = os.path.abspath(draft_dir) if draft_dir is not None else None
-    return OpenAIServer.options(**deployment_options(cfg)).bind(model, draft, cfg)
+    return OpenAIServer.options(**deployment_options(cfg)).bind(model, draft, cfg, key_ring(cfg))
+
+
+def key_ring(cfg: ServeConfig) -> KeyRing:
+    """The digests of the configured API keys, read here (where the app is built) so that the keys
+    themselves never travel to replicas; refuses an open endpoint on a non-loopback host."""
+    key_file = os.path.abspath(cfg.api_key_file) if cfg.api_key_file else None
+    keys = read_keys(key_file, cfg.api_key_env)
+    warning = check_exposure(cfg.host, bool(keys), cfg.allow_unauthenticated)
+    if warning:
+        log.warning(warning)
+    return KeyRing.of(keys)

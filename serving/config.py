@@ -64,6 +64,21 @@ class RequestLimits:
 
 
 @dataclass
+class QuotaSettings:
+    """Per API key and per replica (serving/auth.py); 0 means unlimited. Over it: 429 + Retry-After."""
+
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0  # generated tokens, charged when a request ends
+
+    def __post_init__(self) -> None:
+        if self.requests_per_minute < 0 or self.tokens_per_minute < 0:
+            raise ValueError(
+                f"serve.quota: need requests_per_minute >= 0 and tokens_per_minute >= 0, got "
+                f"{self.requests_per_minute}, {self.tokens_per_minute}"
+            )
+
+
+@dataclass
 class ServeConfig:
     # The `model` name clients send (GET /v1/models lists it).
     model_name: str = "reasonforge"
@@ -94,7 +109,17 @@ class ServeConfig:
     num_gpus_per_replica: float = 0.0
     autoscaling: AutoscalingSettings = field(default_factory=AutoscalingSettings)
     limits: RequestLimits = field(default_factory=RequestLimits)
-    # Serve's HTTP proxy (the stage starts it; `serve run`/YAML set their own http_options).
+    # API keys: clients send `Authorization: Bearer <key>`; /health stays open. Keys come from a
+    # file (one per line, `#` comments) and/or an environment variable of comma-separated keys,
+    # both read where the app is built (a k8s Secret mounts as either). Never put keys in the
+    # config itself: configs are copied into manifests, .hydra/, wandb and serve_config.yaml.
+    api_key_file: str | None = None
+    api_key_env: str | None = "REASONFORGE_API_KEYS"
+    # A non-loopback `host` with no key refuses to start unless this is true (then it warns).
+    allow_unauthenticated: bool = False
+    quota: QuotaSettings = field(default_factory=QuotaSettings)
+    # Where Serve's HTTP proxy listens. The stage starts the proxy there; for `serve run`/YAML it
+    # must match their http_options.host, since it decides whether keys are required.
     host: str = "127.0.0.1"
     port: int = 8000
     app_name: str = "reasonforge"

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serving.auth import KeyRing, Quotas, RateLimited
 from serving.best_of_n import load_callable, resolve_scorer, select_best
 from serving.config import ServeConfig
 from serving.detokenize import TextStream
@@ -78,6 +79,7 @@ class Job:
 
     prompts: list[list[int]]  # token ids
     params: SamplingParams  # params.n samples per prompt
+    client: str  # the caller's key_id (serving/auth.py): whose quota its tokens are charged to
     cancelled: threading.Event = field(default_factory=threading.Event)  # read by the engine thread
 
     @property
@@ -129,8 +131,10 @@ async def read_body(request: Request, limit: int) -> bytes:
 class OpenAIServer:
     """A replica: one engine, the OpenAI routes, Prometheus metrics."""
 
-    def __init__(self, model_dir: str, draft_dir: str | None, cfg: ServeConfig):
+    def __init__(self, model_dir: str, draft_dir: str | None, cfg: ServeConfig, keys: KeyRing):
         self.cfg = cfg
+        self.keys = keys  # digests only (serving.app.key_ring)
+        self.quotas = Quotas(cfg.quota.requests_per_minute, cfg.quota.tokens_per_minute)
         device = resolve_device(cfg.device)
         if device.type == "cpu":  # Ray gives the replica num_cpus cores; more threads would oversubscribe
             torch.set_num_threads(max(1, int(cfg.num_cpus_per_replica)))
@@ -166,8 +170,35 @@ class OpenAIServer:
         return {"status": "ok", "models": list(self.models), **self.metrics.snapshot()}
 
     @app.get("/v1/models")
-    async def list_models(self) -> dict:
-        return models_list(list(self.models), self.created)
+    async def list_models(self, request: Request) -> Response:
+        try:
+            self._authenticate(request, "models")
+        except APIError as err:
+            return self._refuse(err, "models")
+        return JSONResponse(models_list(list(self.models), self.created))
+
+    def _authenticate(self, request: Request, endpoint: str) -> str:
+        """The caller's key_id after the key check and its quota; raises a 401 or 429 APIError."""
+        try:
+            client = self.keys.authenticate(request.headers.get("authorization"))
+        except APIError:
+            self.metrics.rejected("unauthenticated", endpoint)
+            raise
+        try:
+            self.quotas.admit(client)
+        except RateLimited as err:
+            self.metrics.rejected(f"{err.limit}_quota", endpoint, client)
+            raise
+        return client
+
+    def _refuse(self, err: APIError, endpoint: str) -> JSONResponse:
+        self.metrics.request(endpoint, err.status)
+        headers = {}
+        if isinstance(err, RateLimited):
+            headers["Retry-After"] = str(err.retry_after)
+        elif err.status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
     @app.post("/v1/completions")
     async def completions(self, request: Request) -> Response:
@@ -180,10 +211,10 @@ class OpenAIServer:
     async def _answer(self, request: Request, endpoint: Endpoint) -> Response:
         started = time.perf_counter()
         try:
-            job, plan, model = await self._prepare(request, endpoint)
+            client = self._authenticate(request, endpoint.name)
+            job, plan, model = await self._prepare(request, endpoint, client)
         except APIError as err:
-            self.metrics.request(endpoint.name, err.status)
-            return JSONResponse(err.body(), status_code=err.status)
+            return self._refuse(err, endpoint.name)
         rid = endpoint.shapes.id_prefix + uuid.uuid4().hex
         if plan.stream:
             events = self._stream(endpoint, job, plan, rid, model, started)
@@ -193,7 +224,7 @@ class OpenAIServer:
         self.metrics.request(endpoint.name, 200, time.perf_counter() - started)
         return JSONResponse(body)
 
-    async def _prepare(self, request: Request, endpoint: Endpoint) -> tuple[Job, Plan, str]:
+    async def _prepare(self, request: Request, endpoint: Endpoint, client: str) -> tuple[Job, Plan, str]:
         req = parse_request(endpoint.schema, read_json(await read_body(request, self.cfg.limits.body_bytes)))
         if req.model not in self.models:
             raise APIError(
@@ -207,7 +238,7 @@ class OpenAIServer:
             req, self.cfg.limits, len(prompts), self.cfg.max_batch_size, self.models[req.model]
         )
         ids = encode_prompts(prompts, self.tokenizer, self.context, self.vocab, param)
-        return Job(ids, plan.params), plan, req.model
+        return Job(ids, plan.params, client), plan, req.model
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01, batch_size_fn=_sequences)
     async def _run_batch(
@@ -253,16 +284,19 @@ class OpenAIServer:
         When the consumer stops early (Serve cancels the handler of a client that went away), the
         `finally` flags the job and the engine drops its rows before the next step.
         """
-        remaining = job.sequences
+        remaining, generated = job.sequences, 0
         try:
             async with aclosing(self._run_batch(job)) as steps:
                 async for updates in steps:
                     remaining -= sum(u.completion is not None for u in updates)
+                    generated += sum(len(u.token_ids) for u in updates)
                     yield updates
         finally:
             job.cancelled.set()
             if remaining:
                 self.metrics.cancelled(remaining)
+            self.quotas.charge_tokens(job.client, generated)
+            self.metrics.client_tokens(job.client, generated)
 
     async def _collect(self, job: Job) -> list[Completion]:
         done = []

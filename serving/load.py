@@ -23,12 +23,17 @@ class Reply:
 
 
 async def post_all(
-    url: str, payloads: Sequence[dict[str, Any]], concurrency: int, timeout_s: float = 600.0
+    url: str,
+    payloads: Sequence[dict[str, Any]],
+    concurrency: int,
+    timeout_s: float = 600.0,
+    api_key: str | None = None,
 ) -> list[Reply]:
     """POST each payload to `url`, at most `concurrency` in flight; replies in payload order."""
     limit = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(timeout=timeout_s, limits=limits, headers=headers) as client:
 
         async def one(payload: dict[str, Any]) -> Reply:
             async with limit:

@@ -29,6 +29,8 @@ class ReplicaTotals:
     draft_tokens: int = 0
     accepted_draft_tokens: int = 0
     cancelled_sequences: int = 0  # dropped because their client went away
+    unauthenticated: int = 0  # 401s: no key or a wrong one
+    rate_limited: int = 0  # 429s: a key over its quota
     running_sequences: int = 0  # rows in the engine's batch now
 
     @property
@@ -67,6 +69,15 @@ class ServeMetrics:
         self._cancelled = metrics.Counter(
             "reasonforge_cancelled_sequences", "Sequences dropped mid-generation because the client went away"
         )
+        # Clients appear by key_id (a prefix of the key's SHA-256), never by key.
+        self._rejected = metrics.Counter(
+            "reasonforge_rejected_requests",
+            "Requests refused before generation: unauthenticated, requests_quota or tokens_quota",
+            ("reason", "endpoint", "key_id"),
+        )
+        self._client_tokens = metrics.Counter(
+            "reasonforge_client_generated_tokens", "Tokens generated per API key", ("key_id",)
+        )
         self._acceptance = metrics.Gauge(
             "reasonforge_acceptance_rate", "Accepted / proposed draft tokens since the replica started"
         )
@@ -77,6 +88,17 @@ class ServeMetrics:
         self._requests.inc(tags={"endpoint": endpoint, "status": str(status)})
         if latency_s is not None:
             self._latency.observe(latency_s, tags={"endpoint": endpoint})
+
+    def rejected(self, reason: str, endpoint: str, key_id: str = "") -> None:
+        if reason == "unauthenticated":
+            self.totals.unauthenticated += 1
+        else:
+            self.totals.rate_limited += 1
+        self._rejected.inc(tags={"reason": reason, "endpoint": endpoint, "key_id": key_id})
+
+    def client_tokens(self, key_id: str, tokens: int) -> None:
+        if tokens:  # Ray's counters refuse increments <= 0
+            self._client_tokens.inc(tokens, tags={"key_id": key_id})
 
     def first_token(self, endpoint: str, seconds: float) -> None:
         self._first_token.observe(seconds, tags={"endpoint": endpoint})

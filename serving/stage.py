@@ -25,6 +25,7 @@ from datasets import load_from_disk
 from ray import serve
 
 from serving.app import app_for
+from serving.auth import read_keys
 from serving.config import ServeConfig
 from serving.load import Reply, post_all, summarize
 from training.stage import StageContext, StageResult
@@ -54,7 +55,7 @@ def run(cfg, ctx: StageContext, verify: Verifier) -> StageResult:
     _write_serve_config(ctx.out_dir / "serve_config.yaml", scfg, model_dir, draft_dir)
     log.info("endpoint %s: %s", base, json.dumps(metrics))
     if scfg.keep_alive:
-        _announce(base, scfg.model_name)
+        _announce(base, scfg.model_name, keyed=bool(read_keys(scfg.api_key_file, scfg.api_key_env)))
         if cfg.cluster.address is None:
             # Ctrl-C also stops the local Ray (same process group), so there is no app left to delete.
             _wait_for_interrupt()
@@ -78,7 +79,11 @@ def _evaluate(cfg, ctx: StageContext, url: str, verify: Verifier) -> dict[str, f
     ]
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per eval request
     started = time.perf_counter()
-    replies = asyncio.run(post_all(url, payloads, cfg.serve.eval_concurrency))
+    # The stage is a client like any other: with keys configured it authenticates with the first.
+    keys = read_keys(cfg.serve.api_key_file, cfg.serve.api_key_env)
+    replies = asyncio.run(
+        post_all(url, payloads, cfg.serve.eval_concurrency, api_key=keys[0] if keys else None)
+    )
     metrics = summarize(replies, time.perf_counter() - started)
     failed = [r for r in replies if r.status != 200]
     if failed:
@@ -136,12 +141,15 @@ def _write_serve_config(path: Path, scfg: ServeConfig, model_dir: Path, draft_di
     path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
 
 
-def _announce(base: str, model: str) -> None:
+def _announce(base: str, model: str, keyed: bool) -> None:
+    # The hint names the key by a shell variable, never by value.
+    auth = ' -H "Authorization: Bearer $API_KEY"' if keyed else ""
+    key = "os.environ['API_KEY']" if keyed else "'none'"
     print(
-        f"\nReasonForge endpoint up at {base}/v1 (model {model!r})\n"
-        f"  curl {base}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+        f"\nReasonForge endpoint up at {base}/v1 (model {model!r}{', API key required' if keyed else ''})\n"
+        f"  curl {base}/v1/chat/completions -H 'Content-Type: application/json'{auth} \\\n"
         f'    -d \'{{"model": "{model}", "messages": [{{"role": "user", "content": "What is 3 + 4?"}}]}}\'\n'
-        f"  python -c \"from openai import OpenAI; c = OpenAI(base_url='{base}/v1', api_key='none'); "
+        f"  python -c \"import os; from openai import OpenAI; c = OpenAI(base_url='{base}/v1', api_key={key}); "
         f"print(c.chat.completions.create(model='{model}', "
         f"messages=[{{'role': 'user', 'content': 'What is 3 + 4?'}}]).choices[0].message.content)\"\n",
         flush=True,

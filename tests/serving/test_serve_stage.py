@@ -55,8 +55,12 @@ def test_serve_stage_scores_the_endpoints_answers_and_deletes_the_app(ray_sessio
         assert task == "arithmetic" and answer == answers[meta["row"]]
         return float(text == answer)
 
+    # With API keys on: the stage's own eval client must authenticate like any other client.
+    key = "sk-rf-stage-test-0123456789"
+    (tmp_path / "keys").write_text(f"{key}\n")
     cfg = compose(
         [
+            f"serve.api_key_file={tmp_path / 'keys'}",
             f"serve.port={free_port()}",
             "serve.eval_concurrency=3",
             "serve.max_batch_size=4",
@@ -93,10 +97,13 @@ def test_serve_stage_scores_the_endpoints_answers_and_deletes_the_app(ray_sessio
     assert [r["text"] for r in rows] == [g.text for g in greedy]  # greedy speculative == target greedy
 
     # The written Serve config deploys the same endpoint: Serve's schema accepts it, its app builds.
-    config = yaml.safe_load((out / result.outputs["serve_config"]).read_text())
+    text = (out / result.outputs["serve_config"]).read_text()
+    assert key not in text  # the file's path is recorded, never a key
+    config = yaml.safe_load(text)
     ServeDeploySchema.model_validate(config)
     (app,) = config["applications"]
     assert (app["args"]["model_dir"], app["args"]["draft_dir"]) == (models.target, models.draft)
+    assert app["args"]["api_key_file"] == str(tmp_path / "keys")
     built = call_user_app_builder_with_args_if_necessary(import_attr(app["import_path"]), app["args"])
     assert isinstance(built, Application)  # every ServeConfig field it wrote is accepted
 
