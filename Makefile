@@ -5,7 +5,7 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: demo test lint clean bench
+.PHONY: demo test lint clean bench lock
 
 # Every benchmark script (bench_serve.py included once it exists); each writes JSON to benchmarks/results/.
 BENCHES := $(sort $(wildcard benchmarks/bench_*.py))
@@ -27,6 +27,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	@for b in $(BENCHES); do echo "== $$b"; $(VENV)/bin/python $$b || exit 1; done
 	$(VENV)/bin/python benchmarks/plot_results.py
+
+# Recompile k8s/requirements.lock (the image's dependencies, pinned with hashes) from pyproject.toml.
+lock: $(STAMP)
+	$(VENV)/bin/python k8s/lock.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -24,7 +24,7 @@ FILES = manifest_files()
 
 def test_k8s_holds_every_manifest_the_readme_names():
     names = {str(p.relative_to(K8S)) for p in FILES}
-    assert names == {"storage.yaml"} | {
+    assert names == {"storage.yaml", "redis.yaml"} | {
         f"{v}/{k}.yaml" for v in VARIANTS for k in ("raycluster", "rayjob", "rayservice")
     }
     readme = (K8S / "README.md").read_text()

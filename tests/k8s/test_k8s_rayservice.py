@@ -48,7 +48,8 @@ def test_serve_config_v2_passes_serves_own_schema(manifests, variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_rayservice_builds_the_real_app_with_its_args(manifests, variant, tiny_models):
+def test_rayservice_builds_the_real_app_with_its_args(manifests, variant, tiny_models, monkeypatch):
+    monkeypatch.setenv("REASONFORGE_API_KEYS", "sk-rf-from-the-secret-0123")  # what the Secret sets
     (app,) = _serve_config(manifests, variant)["applications"]
     assert set(tiny_models) <= set(app["args"]), "the RayService must name both model_dir and draft_dir"
     args = {**app["args"], **tiny_models}
@@ -65,6 +66,17 @@ def test_rayservice_builds_the_real_app_with_its_args(manifests, variant, tiny_m
     assert gpus == (1 if variant == "gpu" else 0)
     # The replica is constructed with the model directories from args, as the cluster will.
     assert deployment.init_args[:2] == (tiny_models["model_dir"], tiny_models["draft_dir"])
+    # Replicas get the key's digest, never the key.
+    keys = deployment.init_args[3]
+    assert len(keys.digests) == 1 and b"sk-rf-from-the-secret" not in b"".join(keys.digests)
+
+
+def test_rayservice_without_its_api_key_secret_refuses_to_build(manifests, tiny_models, monkeypatch):
+    monkeypatch.delenv("REASONFORGE_API_KEYS", raising=False)
+    (app,) = _serve_config(manifests, "cpu")["applications"]
+    args = {**app["args"], **tiny_models}
+    with pytest.raises(ValueError, match="no API key is configured"):
+        call_user_app_builder_with_args_if_necessary(import_attr(app["import_path"]), args)
 
 
 def test_rayservice_args_with_a_misspelt_key_fail_to_build(manifests, tiny_models):
