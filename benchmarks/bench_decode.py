@@ -22,10 +22,10 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, PreTrainedModel, Qwen3Config, Qwen3MoeConfig
 
+from serving.config import SpeculativeConfig
 from serving.engine import Engine, resolve_device
 from serving.metrics import summarize
 from serving.protocol import SamplingParams
-from serving.speculative import SpeculativeConfig
 from training.atomic import atomic_write_json
 
 

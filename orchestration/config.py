@@ -11,8 +11,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from rl.config import DistillConfig, RlvrConfig, TaskConfig
-from rl.evaluate import EvalConfig
+from rl.config import DistillConfig, EvalConfig, RlvrConfig, TaskConfig
 from serving.config import ServeConfig
 from training.config import ExpertParallelConfig, ModelConfig, OptimizerConfig, TrainConfig
 from training.tracking import LoggingConfig

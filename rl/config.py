@@ -132,6 +132,21 @@ class TaskConfig:
         return {name: w / total for name, w in zip(self.tasks, weights, strict=True)}
 
 
+@dataclass
+class EvalConfig:
+    # Held-out prompts scored per evaluation (the first N of the data stage's eval split).
+    limit: int = 200
+    # Generation budget per answer; an answer cut off before </answer> scores 0.
+    max_new_tokens: int = 64
+    batch_size: int = 64
+
+
+# KD losses by name -> whether the teacher workers must score every token (full-vocabulary
+# log-probabilities). The losses themselves are rl/kd.py's KD_LOSSES, which must offer exactly
+# these (tests/rl/test_kd.py); named here so that composing a config imports no torch.
+KD_LOSS_NEEDS_TEACHER = {"seq_kd": False, "forward_kl": True, "reverse_kl": True, "jsd": True}
+
+
 def _default_rewards() -> list[Any]:
     return [{"_target_": "rl.rewards.Correctness", "weight": 1.0}]
 
@@ -259,11 +274,9 @@ class DistillConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from rl.kd import KD_LOSSES
-
-        if self.loss not in KD_LOSSES:
-            raise ValueError(f"distill.loss={self.loss!r} is not one of {sorted(KD_LOSSES)}")
-        if not KD_LOSSES[self.loss].needs_teacher and self.on_policy_fraction > 0:
+        if self.loss not in KD_LOSS_NEEDS_TEACHER:
+            raise ValueError(f"distill.loss={self.loss!r} is not one of {sorted(KD_LOSS_NEEDS_TEACHER)}")
+        if not KD_LOSS_NEEDS_TEACHER[self.loss] and self.on_policy_fraction > 0:
             raise ValueError(
                 f"distill.loss={self.loss!r} trains on the sampled tokens themselves, so it cannot learn "
                 "from the student's own samples; set distill.on_policy_fraction=0 or a token-level loss"

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from rl.teacher import completion_logprobs
+from serving.config import SpeculativeConfig
 from serving.engine import Engine
 from serving.metrics import summarize
 from serving.protocol import Completion, SamplingParams
-from serving.speculative import SpeculativeConfig
 from training.models import load_model
 
 TEACHER = "teacher"  # the engine without a draft, in `_interleaved`'s results

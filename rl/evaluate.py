@@ -7,23 +7,14 @@ bought on the same prompts.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from datasets import load_from_disk
 
+from rl.config import EvalConfig
 from rl.tasks import verify
 from serving.engine import Engine
 from serving.protocol import SamplingParams
-
-
-@dataclass
-class EvalConfig:
-    # Held-out prompts scored per evaluation (the first N of the data stage's eval split).
-    limit: int = 200
-    # Generation budget per answer; an answer cut off before </answer> scores 0.
-    max_new_tokens: int = 64
-    batch_size: int = 64
 
 
 def pass_at_1(model_dir: str | Path, eval_dir: str | Path, cfg: EvalConfig) -> dict[str, float]:

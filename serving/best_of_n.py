@@ -64,6 +64,11 @@ def select_best(
     return [completions[i] for i in order[:n]]
 
 
+def whole_text(text: str) -> str | None:
+    """The answer extractor when none is configured: the whole completion, stripped (None if empty)."""
+    return text.strip() or None
+
+
 def load_callable(path: str, what: str) -> Callable:
     """Import "package.module:function"; `what` names the config key in errors."""
     module_name, _, attr = path.partition(":")

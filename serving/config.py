@@ -10,7 +10,32 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.speculative import SpeculativeConfig
+
+@dataclass
+class SpeculativeConfig:
+    """The engine's speculative decoding setup (the maths is serving/speculative.py's)."""
+
+    method: str = "draft"  # proposer, by name in serving.engine.PROPOSERS: "draft" (a small model) or "ngram"
+    k: int = 4  # tokens proposed per step (the starting value when adaptive)
+    adaptive: bool = False  # re-pick k each step from the running acceptance rate (choose_k)
+    k_min: int = 1  # bounds for adaptive k
+    k_max: int = 8
+    # Cost of one drafter forward relative to one target verify pass, for adaptive k's speedup model;
+    # ~0 for n-gram lookup, ~(draft params / target params) for a draft model on a GPU.
+    draft_cost: float = 0.1
+    ngram_max: int = 3  # prompt lookup tries suffixes of ngram_max tokens, then shorter, down to ngram_min
+    ngram_min: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k_min <= self.k <= self.k_max:
+            raise ValueError(
+                f"SpeculativeConfig: need 1 <= k_min <= k <= k_max, got {self.k_min}, {self.k}, {self.k_max}"
+            )
+        if not 1 <= self.ngram_min <= self.ngram_max:
+            raise ValueError(
+                f"SpeculativeConfig: need 1 <= ngram_min <= ngram_max, got {self.ngram_min}, {self.ngram_max}"
+            )
+
 
 # speculative= values: "auto" drafts with the draft model when one is given, else by n-gram lookup.
 SPECULATIVE_MODES = ("auto", "draft", "ngram", "off")
@@ -88,8 +113,9 @@ class ServeConfig:
     # "package.module:function" taking (completions, extract_answer) -> one score per completion.
     best_of_scorer: str = "majority_vote"
     # "package.module:function" mapping a completion's text to its final answer (None: no answer);
-    # majority voting compares these.
-    answer_extractor: str = "rl.tasks.format:extract_answer"
+    # majority voting compares these. null compares whole completions (stripped). The pipeline's
+    # conf/serve/default.yaml names its tasks' extractor; serving itself knows no task format.
+    answer_extractor: str | None = None
     # Speculative decoding: "auto" (draft model when given, else n-gram), "draft", "ngram" or "off".
     speculative: str = "auto"
     num_speculative_tokens: int = 4  # drafts per step (the start value when adaptive_k)

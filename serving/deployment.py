@@ -29,7 +29,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.auth import KeyRing, Quotas, RateLimited
-from serving.best_of_n import load_callable, resolve_scorer, select_best
+from serving.best_of_n import load_callable, resolve_scorer, select_best, whole_text
 from serving.config import ServeConfig
 from serving.detokenize import TextStream
 from serving.engine import Engine, SequenceUpdate, resolve_device
@@ -153,7 +153,11 @@ class OpenAIServer:
         config = self.engine.model.config
         self.context, self.vocab = config.max_position_embeddings, config.vocab_size
         self.scorer = resolve_scorer(cfg.best_of_scorer)
-        self.extract = load_callable(cfg.answer_extractor, "serve.answer_extractor")
+        self.extract = (
+            load_callable(cfg.answer_extractor, "serve.answer_extractor")
+            if cfg.answer_extractor
+            else whole_text
+        )
         self.models = {cfg.model_name: 0}  # name -> Best-of-N samples it implies (0: none)
         if cfg.best_of_alias_n:
             self.models[f"{cfg.model_name}-best-of-{cfg.best_of_alias_n}"] = cfg.best_of_alias_n

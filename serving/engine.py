@@ -24,6 +24,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from serving.cached_model import CachedModel, decode_experts
+from serving.config import SpeculativeConfig
 from serving.detokenize import StopChecker, cut_at_stop
 from serving.metrics import EngineStats
 from serving.ngram import NgramProposer
@@ -34,7 +35,6 @@ from serving.speculative import (
     Draft,
     DraftModelProposer,
     Proposer,
-    SpeculativeConfig,
     accept,
     choose_k,
 )

@@ -22,30 +22,6 @@ from serving.sampling import SamplingTensors, process_logits, sample
 
 
 @dataclass
-class SpeculativeConfig:
-    method: str = "draft"  # proposer, by name in serving.engine.PROPOSERS: "draft" (a small model) or "ngram"
-    k: int = 4  # tokens proposed per step (the starting value when adaptive)
-    adaptive: bool = False  # re-pick k each step from the running acceptance rate (choose_k)
-    k_min: int = 1  # bounds for adaptive k
-    k_max: int = 8
-    # Cost of one drafter forward relative to one target verify pass, for adaptive k's speedup model;
-    # ~0 for n-gram lookup, ~(draft params / target params) for a draft model on a GPU.
-    draft_cost: float = 0.1
-    ngram_max: int = 3  # prompt lookup tries suffixes of ngram_max tokens, then shorter, down to ngram_min
-    ngram_min: int = 1
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.k_min <= self.k <= self.k_max:
-            raise ValueError(
-                f"SpeculativeConfig: need 1 <= k_min <= k <= k_max, got {self.k_min}, {self.k}, {self.k_max}"
-            )
-        if not 1 <= self.ngram_min <= self.ngram_max:
-            raise ValueError(
-                f"SpeculativeConfig: need 1 <= ngram_min <= ngram_max, got {self.ngram_min}, {self.ngram_max}"
-            )
-
-
-@dataclass
 class Draft:
     """Up to k proposed tokens per row (fewer columns when no row filled them); a row may propose
     fewer than the width (valid=False on its tail)."""

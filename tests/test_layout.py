@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # package -> packages it may import (STYLE.md: orchestration -> training, rl, serving;
-# rl -> training, serving; serving -> training; nothing imports orchestration).
+# rl -> training, serving; serving -> training; benchmarks use any; nothing imports
+# orchestration but benchmarks, and nothing imports benchmarks).
 ALLOWED = {
+    "benchmarks": {"orchestration", "training", "rl", "serving"},
     "orchestration": {"training", "rl", "serving"},
     "rl": {"training", "serving"},
     "serving": {"training"},
     "training": set(),
 }
+# A "package.module:attr" string is an import too (config defaults, Hydra targets): it is resolved
+# with importlib wherever the config is used, e.g. inside every Serve replica.
+STRING_IMPORT = re.compile(r"^([a-z_]+)(\.[a-z_0-9]+)*:[A-Za-z_][A-Za-z_0-9]*$")
 
 
 def _imported_packages(path: Path) -> set[str]:
@@ -25,6 +33,9 @@ def _imported_packages(path: Path) -> set[str]:
             names |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and ":" in node.value:
+            if match := STRING_IMPORT.match(node.value):
+                names.add(match[1])
     return names & set(ALLOWED)
 
 
@@ -42,6 +53,23 @@ def test_top_level_layout_exists():
         ".ci/run",
     ]:
         assert (ROOT / name).exists(), name
+
+
+def test_string_imports_are_seen_by_the_layout_check(tmp_path):
+    sneaky = tmp_path / "m.py"
+    sneaky.write_text('EXTRACT = "rl.tasks.format:extract_answer"\nURL = "http://x:80"\n')
+    assert _imported_packages(sneaky) == {"rl"}
+
+
+def test_composing_the_config_imports_no_torch_and_no_engine():
+    # Every stage, sweep trial and test composes the config; it must stay cheap and side-effect free.
+    code = (
+        "import sys; from orchestration.cli import compose; compose(); "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'deepspeed', 'transformers') "
+        "or m == 'serving.engine'); print(bad); sys.exit(bool(bad))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
 
 
 def test_imports_flow_one_way():

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from rl.config import KD_LOSS_NEEDS_TEACHER
 from rl.kd import KD_LOSSES, forward_kl, generalized_jsd, reverse_kl, sequence_nll, top1_agreement
 
 
@@ -92,3 +93,7 @@ def test_registry_losses_are_zero_exactly_when_the_student_is_the_teacher():
             torch.testing.assert_close(
                 spec.per_token(logits, targets, None, 0.5, 1.0), sequence_nll(logits, targets)
             )
+
+
+def test_the_config_offers_exactly_the_kd_losses_that_exist():
+    assert {name: loss.needs_teacher for name, loss in KD_LOSSES.items()} == KD_LOSS_NEEDS_TEACHER

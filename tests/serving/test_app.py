@@ -23,9 +23,9 @@ from served_model import CONTEXT, free_port, replica_count, save_tiny_models, se
 from rl.tasks.format import extract_answer
 from serving.app import build_app
 from serving.best_of_n import SCORERS, select_best
+from serving.config import SpeculativeConfig
 from serving.engine import Engine
 from serving.protocol import SamplingParams
-from serving.speculative import SpeculativeConfig
 from training.tokenizer import render_prompt
 
 MODEL = "reasonforge"
@@ -36,6 +36,7 @@ ARGS = {  # as `serve run` passes them: strings, dotted keys for nested fields
     "max_ongoing_requests": "4",
     "max_queued_requests": "2",
     "best_of_alias_n": "4",
+    "answer_extractor": "rl.tasks.format:extract_answer",
     "limits.max_tokens": "1500",
     "limits.n": "4",
     "limits.best_of": "4",

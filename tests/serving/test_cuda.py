@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import random_prompts
 
+from serving.config import SpeculativeConfig
 from serving.engine import CachedModel, Engine
 from serving.protocol import SamplingParams
-from serving.speculative import SpeculativeConfig
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import random_prompts, tiny_draft, tiny_target
 
+from serving.config import SpeculativeConfig
 from serving.engine import CachedModel, Engine, resolve_device
 from serving.metrics import summarize
 from serving.protocol import SamplingParams
-from serving.speculative import SpeculativeConfig
 
 GREEDY = SamplingParams(max_tokens=16, temperature=0.0)
 # fp32 logits here reach |10|; cached vs uncached differ by reduction order only (seen: <= 3e-6).

@@ -9,6 +9,7 @@ import torch
 from conftest import random_prompts, tiny_draft, tiny_target
 
 import serving.engine as engine_module
+from serving.config import SpeculativeConfig
 from serving.engine import CachedModel, Engine
 from serving.protocol import SamplingParams
 from serving.sampling import SamplingTensors, sample
@@ -16,7 +17,6 @@ from serving.speculative import (
     AcceptanceTracker,
     Draft,
     DraftModelProposer,
-    SpeculativeConfig,
     accept,
     choose_k,
     expected_tokens,

@@ -6,10 +6,10 @@ import pytest
 from conftest import random_prompts
 from served_model import save_tiny_models
 
+from serving.config import SpeculativeConfig
 from serving.detokenize import TextStream
 from serving.engine import Engine
 from serving.protocol import SamplingParams
-from serving.speculative import SpeculativeConfig
 
 
 @pytest.fixture(scope="module")
