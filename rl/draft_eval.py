@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from rl.kd import top1_agreement
 from rl.teacher import completion_logprobs
 from serving.config import SpeculativeConfig
 from serving.engine import Engine
@@ -24,9 +25,10 @@ from training.models import load_model
 TEACHER = "teacher"  # the engine without a draft, in `_interleaved`'s results
 
 
-def top1_agreement(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> float:
-    """Share of completion positions where the two models' most likely tokens are the same."""
-    same = sum(int((t.argmax(-1) == s.argmax(-1)).sum()) for t, s in zip(teacher, student, strict=True))
+def mean_top1_agreement(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> float:
+    """Share of all completion positions (over sequences of different lengths) where the two
+    models' most likely tokens are the same; per position it is rl.kd.top1_agreement."""
+    same = sum(float(top1_agreement(s, t).sum()) for t, s in zip(teacher, student, strict=True))
     return same / max(1, sum(len(t) for t in teacher))
 
 
@@ -68,7 +70,7 @@ def draft_report(
         student_lp = completion_logprobs(load_model(drafts[prefix]).to(teacher.device), sequences)
         out.update(
             {
-                f"{prefix}top1_agreement": top1_agreement(teacher_lp, student_lp),
+                f"{prefix}top1_agreement": mean_top1_agreement(teacher_lp, student_lp),
                 f"{prefix}acceptance_rate": spec["acceptance_rate"],
                 f"{prefix}mean_accepted_length": spec["mean_accepted_length"],
                 f"{prefix}speedup": spec["tokens_per_s"] / alone["tokens_per_s"],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import signal
 import subprocess
@@ -182,9 +183,22 @@ def sweep_run(ray_session, tmp_path_factory):
     log = root / "first.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestration.sweep", *overrides], stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "orchestration.sweep", *overrides],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},  # the log is read while it runs
         )
         first = _wait_for(lambda: list(sweep_dir.glob("trials/*/stage.json")), proc, log, timeout=900)[0]
+        # Interrupt only once Tune itself has recorded that trial as completed and started the next:
+        # stage.json is written just before the trial function returns, and a Ctrl-C in that gap
+        # leaves the trial RUNNING in Tune's state (seen once in CI), so the resume re-runs it.
+        done = f"Trial run_trial_{first.parent.name} completed after"
+        _wait_for(
+            lambda: done in log.read_text() and log.read_text().count("started with configuration") >= 2,
+            proc,
+            log,
+            timeout=300,
+        )
         proc.send_signal(signal.SIGINT)
         returncode = proc.wait(timeout=300)
     finished = first.parent

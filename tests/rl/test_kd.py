@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from rl.config import KD_LOSS_NEEDS_TEACHER
+from rl.draft_eval import mean_top1_agreement
 from rl.kd import KD_LOSSES, forward_kl, generalized_jsd, reverse_kl, sequence_nll, top1_agreement
 
 
@@ -97,3 +98,10 @@ def test_registry_losses_are_zero_exactly_when_the_student_is_the_teacher():
 
 def test_the_config_offers_exactly_the_kd_losses_that_exist():
     assert {name: loss.needs_teacher for name, loss in KD_LOSSES.items()} == KD_LOSS_NEEDS_TEACHER
+
+
+def test_mean_top1_agreement_pools_positions_over_sequences_of_different_lengths():
+    teacher = [torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.tensor([[2.0, 0.0]])]
+    student = [torch.tensor([[0.0, 3.0], [0.0, 1.0]]), torch.tensor([[1.0, 0.0]])]
+    # argmaxes: teacher 1, 0 | 0; student 1, 1 | 0 -> 2 of 3 positions agree (not the mean of 1/2 and 1).
+    assert mean_top1_agreement(teacher, student) == pytest.approx(2 / 3)
