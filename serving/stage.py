@@ -42,20 +42,22 @@ Verifier = Callable[[str, str, str, Any], float]
 def run(cfg, ctx: StageContext, verify: Verifier) -> StageResult:
     scfg: ServeConfig = cfg.serve
     source, model_dir = pick_model(ctx)
+    # The stage is a client like any other: with keys configured it authenticates with the first.
+    keys = read_keys(scfg.api_key_file, scfg.api_key_env)
     draft_dir = ctx.artifact(DRAFT_STAGE, "model") if DRAFT_STAGE in ctx.artifacts else None
     log.info("serving the %s model %s (draft: %s)", source, model_dir, draft_dir or "none")
     base = f"http://{scfg.host}:{scfg.port}{scfg.route_prefix.rstrip('/')}"
     serve.start(http_options={"host": scfg.host, "port": scfg.port})
     serve.run(app_for(scfg, model_dir, draft_dir), name=scfg.app_name, route_prefix=scfg.route_prefix)
     try:
-        metrics = _evaluate(cfg, ctx, f"{base}/v1/chat/completions", verify)
+        metrics = _evaluate(cfg, ctx, f"{base}/v1/chat/completions", verify, keys[0] if keys else None)
     finally:
         if not scfg.keep_alive:
             serve.delete(scfg.app_name)
     _write_serve_config(ctx.out_dir / "serve_config.yaml", scfg, model_dir, draft_dir)
     log.info("endpoint %s: %s", base, json.dumps(metrics))
     if scfg.keep_alive:
-        _announce(base, scfg.model_name, keyed=bool(read_keys(scfg.api_key_file, scfg.api_key_env)))
+        _announce(base, scfg.model_name, keyed=bool(keys))
         if cfg.cluster.address is None:
             # Ctrl-C also stops the local Ray (same process group), so there is no app left to delete.
             _wait_for_interrupt()
@@ -64,7 +66,7 @@ def run(cfg, ctx: StageContext, verify: Verifier) -> StageResult:
     )
 
 
-def _evaluate(cfg, ctx: StageContext, url: str, verify: Verifier) -> dict[str, float]:
+def _evaluate(cfg, ctx: StageContext, url: str, verify: Verifier, api_key: str | None) -> dict[str, float]:
     """Greedy answers to the held-out questions over HTTP, scored; writes answers.jsonl."""
     rows = load_from_disk(str(ctx.artifact("data", "eval")))
     rows = rows.select(range(min(cfg.eval.limit, len(rows))))
@@ -79,11 +81,7 @@ def _evaluate(cfg, ctx: StageContext, url: str, verify: Verifier) -> dict[str, f
     ]
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per eval request
     started = time.perf_counter()
-    # The stage is a client like any other: with keys configured it authenticates with the first.
-    keys = read_keys(cfg.serve.api_key_file, cfg.serve.api_key_env)
-    replies = asyncio.run(
-        post_all(url, payloads, cfg.serve.eval_concurrency, api_key=keys[0] if keys else None)
-    )
+    replies = asyncio.run(post_all(url, payloads, cfg.serve.eval_concurrency, api_key=api_key))
     metrics = summarize(replies, time.perf_counter() - started)
     failed = [r for r in replies if r.status != 200]
     if failed:
