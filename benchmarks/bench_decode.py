@@ -22,11 +22,11 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, PreTrainedModel, Qwen3Config, Qwen3MoeConfig
 
+from orchestration.atomic import atomic_write_json
 from serving.config import SpeculativeConfig
 from serving.engine import Engine, resolve_device
 from serving.metrics import summarize
 from serving.protocol import SamplingParams
-from training.atomic import atomic_write_json
 
 
 def parse_args() -> argparse.Namespace:

@@ -29,10 +29,11 @@ import torch
 from bench_decode import random_pair
 from ray import serve
 
+from orchestration.atomic import atomic_write_json
+from rl.tasks.format import FORMAT_TAGS
 from serving.app import app_for
 from serving.config import AutoscalingSettings, ServeConfig
 from serving.load import post_all, summarize
-from training.atomic import atomic_write_json
 from training.tokenizer import train_tokenizer
 
 # name -> (serve.speculative, max_batch_size); None = --batch-size
@@ -66,7 +67,7 @@ def parse_args() -> argparse.Namespace:
 def random_model_dirs(root: Path) -> tuple[str, str]:
     """bench_decode's random pair, saved with a tokenizer (the API decodes text with it)."""
     corpus = ["The quick brown fox jumps over the lazy dog.", "What is 3 + 4? <answer>7</answer>"] * 50
-    tokenizer = train_tokenizer(corpus, vocab_size=512, out_dir=root / "target")
+    tokenizer = train_tokenizer(corpus, vocab_size=512, out_dir=root / "target", added_tokens=FORMAT_TAGS)
     target, draft = random_pair(vocab=len(tokenizer))
     target.save_pretrained(root / "target")
     draft.save_pretrained(root / "draft")

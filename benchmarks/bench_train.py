@@ -28,12 +28,12 @@ import torch
 import transformers
 from omegaconf import OmegaConf
 
-from training.atomic import atomic_write_json
+from orchestration.atomic import atomic_write_json
 from training.config import ExpertParallelConfig, ModelConfig, OptimizerConfig, TrainConfig
 from training.data import PackedCorpus, batch_indices
 from training.loop import TrainJob, fit, lm_loss
 from training.models import build_model, parameter_counts
-from training.pretrain import PRETRAIN
+from training.recipes import PRETRAIN
 from training.throughput import flops_per_token, measure_peak_flops, mfu
 from training.tokenizer import load_tokenizer
 from training.tracking import LoggingConfig, Tracker, read_metrics

@@ -7,6 +7,7 @@ import logging
 import ray
 
 from orchestration.config import ClusterConfig
+from training.tracking import record_cost
 
 log = logging.getLogger(__name__)
 
@@ -24,4 +25,5 @@ def connect(cfg: ClusterConfig) -> None:
         # falls back to 127.0.0.1:8265, where another Ray's dashboard answers "no such actor" and
         # the cleaner removes this run's placement group mid-training (seen here).
         ray.init(num_cpus=cfg.num_cpus, include_dashboard=True)
+        record_cost("ray_start", "local")
     log.info("ray: %s", ray.cluster_resources())

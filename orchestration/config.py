@@ -11,9 +11,10 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from rl.config import DistillConfig, EvalConfig, RlvrConfig, TaskConfig
+from rl.config import DistillConfig, EvalConfig, RlvrConfig
+from rl.tasks.config import TaskConfig
 from serving.config import ServeConfig
-from training.config import ExpertParallelConfig, ModelConfig, OptimizerConfig, TrainConfig
+from training.config import ExpertParallelConfig, ModelConfig, OptimizerConfig, StageTrainConfig
 from training.tracking import LoggingConfig
 
 
@@ -46,7 +47,7 @@ class SweepConfig:
     # upstream stages run once, through the pipeline, with the base config.
     stage: str = "pretrain"
     # Config key -> distribution, nested like the config (`pretrain: {lr: ...}`) or dotted
-    # (`pretrain.lr: ...`): uniform(a, b), loguniform(a, b), randint(a, b) (b excluded),
+    # (`pretrain.train.lr: ...`): uniform(a, b), loguniform(a, b), randint(a, b) (b excluded),
     # choice([v, ...]) (sampled) or grid([v, ...]) (every value). The stage must read the key and
     # its upstream stages must not.
     space: dict[str, Any] = field(default_factory=dict)
@@ -99,8 +100,9 @@ class RootConfig:
     resume: bool = True
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    pretrain: TrainConfig = field(default_factory=TrainConfig)
-    sft: TrainConfig = field(default_factory=TrainConfig)
+    # Every training stage's section has one shape (StageTrainConfig): `train` and `optimizer`.
+    pretrain: StageTrainConfig = field(default_factory=StageTrainConfig)
+    sft: StageTrainConfig = field(default_factory=StageTrainConfig)
     rlvr: RlvrConfig = field(default_factory=RlvrConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     # The OpenAI endpoint on Ray Serve and how the `serve` stage measures it.

@@ -12,18 +12,18 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from orchestration.artifacts import MANIFEST, Manifest, hash_json, hash_path, layout_of, versions
+from orchestration.atomic import atomic_dir, atomic_write_json
 from orchestration.cluster import connect
 from orchestration.config import RootConfig
 from orchestration.report import key_metric
-from orchestration.stages import STAGES, StageSpec
+from orchestration.stages import STAGES, StageContext, StageSpec
 from orchestration.storage import open_storage
-from training.atomic import atomic_dir, atomic_write_json
-from training.stage import StageContext
 from training.tracking import Tracker
 
 log = logging.getLogger("reasonforge.pipeline")
@@ -52,19 +52,21 @@ def run_pipeline(cfg: RootConfig) -> dict[str, Manifest]:
     done: dict[str, Manifest] = {}
     ran: list[str] = []
     started = time.time()
+
+    def finished(stage: str) -> Manifest | None:
+        if stage not in done and (found := _finished(run_dir, stage)) is not None:
+            done[stage] = found
+        return done.get(stage)
+
     for spec in specs:
-        for need in spec.needs:
-            if need not in done:
-                done[need] = _finished_upstream(run_dir, spec.name, need)
-        for use in spec.uses:
-            if use not in done and (found := _finished(run_dir, use)) is not None:
-                done[use] = found
-        slice_ = config_slice(cfg, spec.config_keys)
+        inputs, sources = resolve_inputs(spec, finished, run_dir)
+        feeding = _feeding(spec, sources, finished)
+        slice_ = config_slice(cfg, spec.reads)
         config_hash = hash_json(slice_)
-        inputs = {s: done[s].fingerprint for s in (*spec.needs, *spec.uses) if s in done}
+        fingerprints = {s: done[s].fingerprint for s in feeding}
         stage_dir = run_dir / spec.name
         old = Manifest.load(stage_dir)
-        reason = _rerun_reason(old, config_hash, inputs, stage_dir) if cfg.resume else "resume=false"
+        reason = _rerun_reason(old, config_hash, fingerprints, stage_dir) if cfg.resume else "resume=false"
         if reason is None:
             log.info(
                 "[%s] skipped: finished earlier with the same config and inputs (%s)", spec.name, stage_dir
@@ -73,8 +75,13 @@ def run_pipeline(cfg: RootConfig) -> dict[str, Manifest]:
             storage.push(cfg.run_name, spec.name)  # in case an earlier upload was cut short
             continue
         log.info("[%s] running: %s", spec.name, reason)
+        context = {
+            "inputs": inputs,
+            "sources": sources,
+            "upstream_metrics": {s: done[s].metrics for s in feeding},
+        }
         try:
-            done[spec.name] = _run_stage(spec, cfg, run_dir, slice_, config_hash, inputs, done)
+            done[spec.name] = _run_stage(spec, cfg, run_dir, slice_, config_hash, fingerprints, context)
         finally:  # after a failure too: the run log, with the traceback, goes up
             storage.push(cfg.run_name, spec.name)
         ran.append(spec.name)
@@ -87,14 +94,42 @@ def _finished(run_dir: Path, stage: str) -> Manifest | None:
     return manifest if manifest is not None and manifest.outputs_intact(run_dir / stage) else None
 
 
-def _finished_upstream(run_dir: Path, stage: str, need: str) -> Manifest:
-    manifest = _finished(run_dir, need)
-    if manifest is None:
-        raise RuntimeError(
-            f"stage {stage!r} needs stage {need!r}, which has no finished output in {run_dir}; "
-            f"add {need!r} to `stages`"
-        )
-    return manifest
+def resolve_inputs(
+    spec: StageSpec, finished: Callable[[str], Manifest | None], run_dir: Path
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """The absolute path of each declared input (the first of its sources that finished) and the
+    stage each came from; a required input with no finished source fails, saying what to run."""
+    inputs, sources = {}, {}
+    for name, want in spec.inputs.items():
+        for source in want.sources:
+            stage, output = source.split(".")
+            manifest = finished(stage)
+            if manifest is None:
+                continue
+            if output not in manifest.outputs:
+                raise RuntimeError(
+                    f"stage {spec.name!r} takes {source!r}, but stage {stage!r} has outputs "
+                    f"{sorted(manifest.outputs)}"
+                )
+            inputs[name] = Path(manifest.absolute_outputs(run_dir / stage)[output])
+            sources[name] = stage
+            break
+        else:
+            if want.required:
+                options = " or ".join(repr(s) for s in want.stages)
+                raise RuntimeError(
+                    f"stage {spec.name!r} needs its input {name!r} from stage {options}, which has no "
+                    f"finished output in {run_dir}; add {want.stages[0]!r} to `stages`"
+                )
+    return inputs, sources
+
+
+def _feeding(spec: StageSpec, sources: dict[str, str], finished) -> list[str]:
+    """The stages whose outputs (or, for the report, manifests) this stage reads, in pipeline order."""
+    if spec.reads_all_manifests:
+        earlier = list(STAGES)[: list(STAGES).index(spec.name)]
+        return [s for s in earlier if finished(s) is not None]
+    return [s for s in STAGES if s in sources.values()]
 
 
 def _rerun_reason(old: Manifest | None, config_hash: str, inputs: dict, stage_dir: Path) -> str | None:
@@ -109,7 +144,7 @@ def _rerun_reason(old: Manifest | None, config_hash: str, inputs: dict, stage_di
     return None
 
 
-def _run_stage(spec, cfg, run_dir, slice_, config_hash, inputs, done) -> Manifest:
+def _run_stage(spec, cfg, run_dir, slice_, config_hash, inputs, context: dict) -> Manifest:
     stage_dir = run_dir / spec.name
     for stale in run_dir.glob(f".{spec.name}.*.partial"):  # left by a killed attempt
         shutil.rmtree(stale, ignore_errors=True)
@@ -119,16 +154,8 @@ def _run_stage(spec, cfg, run_dir, slice_, config_hash, inputs, done) -> Manifes
         with atomic_dir(stage_dir) as out_dir:
             tracker = Tracker(out_dir, f"{cfg.run_name}/{spec.name}", cfg.logging, config=slice_)
             try:
-                ctx = StageContext(
-                    name=spec.name,
-                    run_dir=run_dir,
-                    out_dir=out_dir,
-                    work_dir=work_dir,
-                    tracker=tracker,
-                    artifacts={s: m.absolute_outputs(run_dir / s) for s, m in done.items()},
-                    upstream_metrics={s: m.metrics for s, m in done.items()},
-                )
-                result = spec.run(cfg, ctx)
+                ctx = StageContext(spec.name, run_dir, out_dir, work_dir, tracker, **context)
+                result = spec.run(spec.view(cfg), ctx)
             finally:
                 tracker.close()
             missing = [n for n, rel in result.outputs.items() if not (out_dir / rel).exists()]

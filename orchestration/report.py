@@ -2,7 +2,7 @@
 
 Writes `report.md` and the PNGs of `orchestration/report_plots.py` into its stage directory, and
 the same page (links adjusted) to `<run_dir>/report.md`. It reads whichever stages have finished
-in the run directory (the pipeline hands them over through `StageSpec.uses`); a plot with no data
+in the run directory (the pipeline hands them over: `StageSpec.reads_all_manifests`); a plot with no data
 is replaced by a note saying what it needs.
 """
 
@@ -12,9 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from orchestration.atomic import atomic_write_text
 from orchestration.report_plots import PLOTS, StageRecord, save
-from training.atomic import atomic_write_text
-from training.stage import StageContext, StageResult
 
 # A stage's headline number in the summary tables: the first of these its manifest has.
 KEY_METRICS = ("pass@1", "endpoint_pass@1", "pretrain_tokens", "plots")
@@ -109,16 +108,3 @@ def write_report(run_dir: Path, stages: list[str], out_dir: Path) -> tuple[list[
             drawn.append(plot.file)
     atomic_write_text(out_dir / "report.md", render(run_dir, records, set(drawn), f"{PLOTS_DIR}/"))
     return records, drawn
-
-
-def run(cfg, ctx: StageContext) -> StageResult:
-    """Report on every stage finished in `ctx.run_dir` (those the pipeline put in `ctx.artifacts`)."""
-    stages = [name for name in ctx.artifacts if name != ctx.name]
-    records, drawn = write_report(ctx.run_dir, stages, ctx.out_dir)
-    # The run-level copy links into this stage's directory, where the PNGs are published.
-    page = render(ctx.run_dir, records, set(drawn), f"{ctx.name}/{PLOTS_DIR}/")
-    atomic_write_text(ctx.run_dir / "report.md", page)
-    return StageResult(
-        outputs={"report": "report.md", "plots": PLOTS_DIR},
-        metrics={"plots": len(drawn), "stages_reported": len(records)},
-    )

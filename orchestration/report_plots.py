@@ -124,7 +124,7 @@ def draw_pass_at_1(records: list[StageRecord]) -> Figure | None:
 
 
 # Student-teacher top-1 agreement: per training step (on the step's batches) in metrics.jsonl, and
-# on held-out teacher completions in the manifest (rl/draft_eval.py).
+# on held-out teacher completions in the manifest (rl/distill/draft_eval.py).
 AGREEMENT_KEY = "top1_agreement"
 
 
@@ -153,7 +153,7 @@ def draw_agreement(records: list[StageRecord]) -> Figure | None:
     return fig
 
 
-# Speculative decoding in the manifest (rl/draft_eval.py, serving/load.py): the share of drafted
+# Speculative decoding in the manifest (rl/distill/draft_eval.py, serving/load.py): the share of drafted
 # tokens the target accepted, and tokens/s with the draft over tokens/s of the target alone.
 ACCEPTANCE_KEY = "acceptance_rate"
 SPEEDUP_KEY = "speedup"

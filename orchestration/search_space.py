@@ -1,13 +1,13 @@
 """Sweep search spaces: config keys with distributions, parsed before any trial starts.
 
     space:
-      pretrain: {lr: loguniform(1e-4, 3e-3)}       # or the dotted key  pretrain.lr: ...
-      model: {num_experts: choice([4, 8])}          # sampled
-      optimizer: {name: grid([adamw, muonclip])}    # every value, times sweep.num_samples
-      pretrain.warmup_steps: randint(1, 10)         # upper bound excluded, as in ray.tune.randint
+      pretrain: {train: {lr: loguniform(1e-4, 3e-3)}}  # or the dotted key  pretrain.train.lr: ...
+      model: {num_experts: choice([4, 8])}              # sampled
+      optimizer: {name: grid([adamw, muonclip])}        # every value, times sweep.num_samples
+      pretrain.train.warmup_steps: randint(1, 10)       # upper bound excluded, as in ray.tune.randint
 
 Arguments are read with Hydra's override grammar, so `[adamw, muonclip]` and `1e-4` mean what they
-mean on the command line. A sampled point becomes Hydra overrides (`pretrain.lr=0.00123`); a
+mean on the command line. A sampled point becomes Hydra overrides (`pretrain.train.lr=0.00123`); a
 trial composes the pipeline config with the sweep's base overrides plus these, as `reasonforge`
 would with the same command line.
 """
@@ -78,7 +78,7 @@ DISTRIBUTIONS: dict[str, Distribution] = {
 
 @dataclass(frozen=True)
 class Dimension:
-    key: str  # dotted config key, e.g. "pretrain.lr"
+    key: str  # dotted config key, e.g. "pretrain.train.lr"
     kind: str  # a name in DISTRIBUTIONS
     args: tuple  # the parsed arguments
 
@@ -107,7 +107,7 @@ def parse_space(space: Mapping) -> list[Dimension]:
     dims = [parse_dimension(key, text) for key, text in flatten(space).items()]
     if not dims:
         raise ValueError(
-            "sweep.space is empty; give at least one key, e.g. pretrain.lr: loguniform(1e-4, 3e-3)"
+            "sweep.space is empty; give at least one key, e.g. pretrain.train.lr: loguniform(1e-4, 3e-3)"
         )
     return dims
 

@@ -25,7 +25,7 @@ import pyarrow.fs as pafs
 from omegaconf import OmegaConf
 
 from orchestration.artifacts import MANIFEST
-from training.atomic import atomic_dir
+from orchestration.atomic import atomic_dir
 
 log = logging.getLogger("reasonforge.storage")
 

@@ -1,6 +1,6 @@
 """`reasonforge-sweep` (= `python -m orchestration.sweep`): Ray Tune over one training stage.
 
-    reasonforge-sweep run_name=lr pretrain.eval_every=20 pretrain.eval_rows=256 [sweep.* overrides]
+    reasonforge-sweep run_name=lr pretrain.train.eval_every=20 pretrain.train.eval_rows=256 [sweep.* overrides]
 
 - The `sweep.*` overrides set the search (SweepConfig); every other override is the base config
   of every trial. The search space is checked against the composed config before anything runs.
@@ -43,18 +43,17 @@ from omegaconf.errors import OmegaConfBaseException
 from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
+from orchestration.atomic import atomic_write_json
 from orchestration.cli import CONF_DIR, compose, to_root
 from orchestration.cluster import connect
 from orchestration.config import RootConfig, SweepConfig
-from orchestration.pipeline import run_pipeline
+from orchestration.pipeline import resolve_inputs, run_pipeline
 from orchestration.search_space import Dimension, normalise_override, override, parse_space
-from orchestration.stages import STAGES, StageSpec
+from orchestration.stages import STAGES, StageContext, StageSpec
 from orchestration.storage import open_storage
 from orchestration.sweep_results import SweepOutcome, write_results
 from orchestration.sweep_scheduling import SCHEDULERS, FreeStoppedTrials, free_after_sweep
-from training.atomic import atomic_write_json
-from training.config import TrainConfig
-from training.stage import StageContext
+from training.config import StageTrainConfig, TrainConfig
 from training.tracking import Tracker
 
 log = logging.getLogger("reasonforge.sweep")
@@ -91,29 +90,24 @@ def _get(cfg: Any, key: str) -> Any:
 
 
 def train_section(cfg: RootConfig, spec: StageSpec) -> str:
-    """The key of the stage's TrainConfig among the config it reads (`sft`, `rlvr.train`, ...)."""
-    for key in spec.config_keys:
-        node = getattr(cfg, key)
-        if isinstance(node, TrainConfig):
-            return key
-        if is_dataclass(node):
-            for f in fields(node):
-                if isinstance(getattr(node, f.name), TrainConfig):
-                    return f"{key}.{f.name}"
+    """The key of the stage's TrainConfig (`<stage>.train`: every training stage has that shape)."""
+    for key in spec.reads:
+        if isinstance(getattr(cfg, key), StageTrainConfig):
+            return f"{key}.train"
     raise ValueError(
-        f"sweep.stage={spec.name!r} has no TrainConfig among the config it reads {spec.config_keys}; "
+        f"sweep.stage={spec.name!r} has no TrainConfig among the config it reads {spec.reads}; "
         "only training stages can be swept"
     )
 
 
 def _upstream(spec: StageSpec) -> list[str]:
     """Every stage `spec` depends on, directly or through another, in pipeline order."""
-    seen, todo = set(), list(spec.needs)
+    seen, todo = set(), list(spec.upstream)
     while todo:
         name = todo.pop()
         if name not in seen:
             seen.add(name)
-            todo.extend(STAGES[name].needs)
+            todo.extend(STAGES[name].upstream)
     return [name for name in STAGES if name in seen]
 
 
@@ -126,12 +120,12 @@ def _check_key(cfg: RootConfig, key: str, spec: StageSpec) -> None:
             where = ".".join(parts[:i]) or "the root config"
             raise ValueError(f"sweep.space: unknown key {key!r}: {where} has no {part!r} (it has {names})")
         node = getattr(node, part) if is_dataclass(node) else node[part]
-    if parts[0] not in spec.config_keys:
+    if parts[0] not in spec.reads:
         raise ValueError(
-            f"sweep.space: stage {spec.name!r} does not read {key!r}; it reads {list(spec.config_keys)}"
+            f"sweep.space: stage {spec.name!r} does not read {key!r}; it reads {list(spec.reads)}"
         )
     for name in _upstream(spec):
-        if parts[0] in STAGES[name].config_keys:
+        if parts[0] in STAGES[name].reads:
             raise ValueError(
                 f"sweep.space: {key!r} is also read by upstream stage {name!r}, which the sweep runs once "
                 f"with the base config; sweep {name!r} instead"
@@ -195,7 +189,8 @@ class TrialSetup:
     base_overrides: tuple[str, ...]
     run_dir: str  # absolute: Tune moves each trial into its own working directory
     trials_dir: str
-    artifacts: dict[str, dict[str, str]]  # upstream stage -> output -> absolute path
+    inputs: dict[str, Path]  # the stage's inputs, resolved once on the driver
+    sources: dict[str, str]
     upstream_metrics: dict[str, dict[str, Any]]
     # The driver's working directory: relative paths on the command line mean paths from there,
     # not from the trial's own working directory.
@@ -219,10 +214,12 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
             out_dir=out_dir,
             work_dir=trial_dir / "_work",
             tracker=tracker,
-            artifacts=setup.artifacts,
+            inputs=setup.inputs,
+            sources=setup.sources,
             upstream_metrics=setup.upstream_metrics,
         )
-        result = STAGES[setup.stage].run(cfg, ctx)
+        spec = STAGES[setup.stage]
+        result = spec.run(spec.view(cfg), ctx)
     finally:
         tracker.close()
     outputs = {name: str(out_dir / rel) for name, rel in result.outputs.items()}
@@ -233,13 +230,13 @@ def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _upstream_context(cfg: RootConfig, plan: SweepPlan, run_dir: Path) -> tuple[dict, dict]:
+def _upstream_context(cfg: RootConfig, plan: SweepPlan, run_dir: Path) -> dict[str, dict]:
+    """The trial's inputs, sources and upstream metrics, after running its upstream stages once."""
     names = _upstream(STAGES[plan.stage])
-    if not names:
-        return {}, {}
-    done = run_pipeline(replace(cfg, stages=names))
-    artifacts = {s: m.absolute_outputs(run_dir / s) for s, m in done.items()}
-    return artifacts, {s: m.metrics for s, m in done.items()}
+    done = run_pipeline(replace(cfg, stages=names)) if names else {}
+    inputs, sources = resolve_inputs(STAGES[plan.stage], done.get, run_dir)
+    metrics = {s: done[s].metrics for s in sources.values()}
+    return {"inputs": inputs, "sources": sources, "upstream_metrics": metrics}
 
 
 def _prepare_dir(sweep_dir: Path, spec: dict, resume: bool) -> bool:
@@ -271,15 +268,14 @@ def run_sweep(cfg: RootConfig, overrides: list[str]) -> SweepOutcome:
     run_dir = open_storage(cfg.cluster.storage_path, cfg.cluster.staging_dir).run_dir(cfg.run_name)
     sweep_dir = run_dir / "sweeps" / sweep.name
     connect(cfg.cluster)
-    artifacts, upstream_metrics = _upstream_context(cfg, plan, run_dir)
+    upstream = _upstream_context(cfg, plan, run_dir)
     restore = _prepare_dir(sweep_dir, plan.spec(sweep), sweep.resume)
     setup = TrialSetup(
         plan.stage,
         plan.base_overrides,
         str(run_dir),
         str(sweep_dir / "trials"),
-        artifacts,
-        upstream_metrics,
+        **upstream,
         base_dir=os.getcwd(),
     )
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"CPU": sweep.trial_cpus})

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestration.atomic import atomic_write_json, atomic_write_text
 from orchestration.config import SweepConfig
 from orchestration.search_space import override, render_value
-from training.atomic import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("reasonforge.sweep")
 

@@ -25,18 +25,34 @@ ALLOWED = {
 STRING_IMPORT = re.compile(r"^([a-z_]+)(\.[a-z_0-9]+)*:[A-Za-z_][A-Za-z_0-9]*$")
 
 
-def _imported_packages(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
+# rl/ by concern: tasks (and data generation) stand alone; the rollout layer is shared by GRPO
+# and distillation, which do not know each other. Subpackage -> project modules it must not import.
+RL_FORBIDDEN = {
+    "rl/tasks": ("training", "serving", "rl.config", "rl.rollout", "rl.grpo", "rl.distill", "rl.evaluate"),
+    "rl/rollout": ("rl.grpo", "rl.distill"),
+    "rl/grpo": ("rl.distill",),
+    "rl/distill": ("rl.grpo",),
+}
+# Stage names that are not also data-split names: a library holding one knows the pipeline.
+STAGE_ONLY_NAMES = {"rlvr", "distill", "serve", "report"}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module `path` imports, string imports ("pkg.mod:attr") included."""
     names = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
+            names |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
+            names.add(node.module)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and ":" in node.value:
-            if match := STRING_IMPORT.match(node.value):
-                names.add(match[1])
-    return names & set(ALLOWED)
+            if STRING_IMPORT.match(node.value):
+                names.add(node.value.split(":")[0])
+    return names
+
+
+def _imported_packages(path: Path) -> set[str]:
+    return {name.split(".")[0] for name in _imported_modules(path)} & set(ALLOWED)
 
 
 def test_top_level_layout_exists():
@@ -81,8 +97,44 @@ def test_imports_flow_one_way():
     assert not bad, "\n".join(bad)
 
 
+def test_rl_is_split_by_concern_with_one_way_imports():
+    bad = []
+    for folder, forbidden in RL_FORBIDDEN.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            for name in _imported_modules(path):
+                if any(name == f or name.startswith(f + ".") for f in forbidden):
+                    bad.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not bad, "\n".join(bad)
+    assert not list((ROOT / "rl").glob("*manager*.py")), "managers live in rl/rollout (one, composed)"
+
+
+def test_libraries_know_no_stage_names():
+    # Only orchestration wires stages together: a library that names one (a table of which stage's
+    # model to load, a hard-coded upstream) has pipeline knowledge that belongs in the stage table.
+    bad = []
+    for package in ("training", "rl", "serving"):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Constant) and node.value in STAGE_ONLY_NAMES:
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno} names stage {node.value!r}")
+                if isinstance(node, ast.Name) and node.id in ("StageContext", "StageResult"):
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno} uses the stage contract")
+    assert not bad, "\n".join(bad)
+
+
 def test_readme_shows_the_two_commands_first():
     text = (ROOT / "README.md").read_text()
     first_block = text.split("```")[1]
     assert "make demo" in first_block and "make test" in first_block
     assert "make test" in (ROOT / ".ci/run").read_text()
+
+
+def test_the_readme_stage_diagram_is_the_stage_table():
+    from orchestration.stages import STAGES
+    from orchestration.stages.diagram import mermaid
+
+    text = (ROOT / "README.md").read_text()
+    drawn = text.split("<!-- stages:start -->\n", 1)[1].split("\n<!-- stages:end -->", 1)[0]
+    assert drawn == f"```mermaid\n{mermaid(STAGES)}\n```", (
+        "regenerate: python -m orchestration.stages.diagram"
+    )

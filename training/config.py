@@ -87,7 +87,8 @@ class TrainConfig:
     # orthogonalises, which would shrink every Muon update (~40x measured here).
     grad_clip: float = 1.0
     # Sequences per optimizer step summed over all workers; accumulation steps are derived.
-    global_batch_size: int = 32
+    # null in rlvr and distill, whose batch is derived from their sampling knobs (see with_global_batch).
+    global_batch_size: int | None = 32
     micro_batch_per_worker: int = 8
     seq_len: int = 128
     # DeepSpeed ZeRO stage: 0, 1, 2 or 3.
@@ -119,7 +120,7 @@ class TrainConfig:
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3; got {self.zero_stage}")
         if self.precision not in ("bf16", "fp32"):
             raise ValueError(f"precision must be bf16 or fp32; got {self.precision!r}")
-        if self.max_steps < 1 or self.global_batch_size < 1 or self.micro_batch_per_worker < 1:
+        if self.max_steps < 1 or (self.global_batch_size or 1) < 1 or self.micro_batch_per_worker < 1:
             raise ValueError("max_steps, global_batch_size and micro_batch_per_worker must be >= 1")
         if self.eval_every < 0 or self.eval_rows < 0:
             raise ValueError(
@@ -127,6 +128,8 @@ class TrainConfig:
             )
 
     def accumulation_steps(self, world_size: int) -> int:
+        if self.global_batch_size is None:
+            raise ValueError("global_batch_size is not set")
         per_step = self.micro_batch_per_worker * world_size
         if self.global_batch_size % per_step:
             raise ValueError(
@@ -138,10 +141,34 @@ class TrainConfig:
 
 def with_global_batch(train: TrainConfig, batch: int, world_size: int, source: str) -> TrainConfig:
     """`train` with the batch a stage derives from its own knobs (`source`, e.g. prompts x group),
-    checked on the driver: a batch the workers cannot split fails before any actor starts."""
+    checked on the driver: a batch the workers cannot split fails before any actor starts, and a
+    `global_batch_size` set to something else fails instead of being ignored."""
+    if train.global_batch_size not in (None, batch):
+        raise ValueError(
+            f"train.global_batch_size={train.global_batch_size}, but {source} = {batch} sets the learner's "
+            "batch; leave global_batch_size unset (null) here"
+        )
     train = replace(train, global_batch_size=batch)
     try:
         train.accumulation_steps(world_size)
     except ValueError as err:
         raise ValueError(f"{source} = {batch} sets the learner's batch: {err}") from None
     return train
+
+
+OPTIMIZERS = ("muonclip", "adamw")
+
+
+@dataclass
+class StageTrainConfig:
+    """The shape every training stage's config shares (pretrain, sft, rlvr, distill): the loop's
+    settings under `train`, and the optimizer it uses."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # Another optimizer than the root `optimizer.name` for this stage, with the root's settings
+    # otherwise; null uses the root optimizer.
+    optimizer: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in (None, *OPTIMIZERS):
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS} or null; got {self.optimizer!r}")

@@ -24,6 +24,7 @@ import torch
 from training import checkpoint, validation
 from training.config import ExpertParallelConfig, ModelConfig, OptimizerConfig, TrainConfig
 from training.data import TokenBatch, batch_indices
+from training.tracking import record_cost
 
 log = logging.getLogger(__name__)
 
@@ -161,39 +162,61 @@ def _deepspeed_set_param(zero_stage: int):
     return set_param
 
 
-def _worker(config: dict) -> None:
-    job: TrainJob = config["job"]
+@dataclass
+class _Worker:
+    """What one Ray Train worker built before its first step (`_build`)."""
+
+    job: TrainJob
+    engine: Any
+    source: BatchSource
+    tokenizer: Any
+    recorder: Any  # training.qk_clip's max-attention-logit recorder
+    device: torch.device
+    rank: int
+    world: int
+    accum: int
+    params: dict[str, int]  # {"params_total", "params_active"} of the whole model
+    flops_per_token: float
+    peak_flops: float
+    set_param: Callable
+    top_k: int
+
+
+def _setup_process(job: TrainJob) -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if job.use_gpu else "cpu")
     # DeepSpeed JIT-builds its ops into one cache shared by every Python environment on the
     # machine; two checkouts with different include paths then rebuild each other's ops on every
     # start (minutes each). One cache per environment.
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
-    import deepspeed
-    import ray.train
-    import torch._dynamo
-
-    from training.deepspeed_config import deepspeed_config
-    from training.models import build_model, is_moe, parameter_counts
-    from training.optim import lr_factor, route_routers_to_adamw, scheduler
-    from training.qk_clip import apply_qk_clip, attach_recorder
-    from training.throughput import expert_token_share, flops_per_token, measure_peak_flops, mfu
-    from training.tokenizer import load_tokenizer
-
     # Ray Train logs every report at INFO from each worker; our progress bar says the same once.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    if job.use_gpu:
-        device = torch.device("cuda", ctx.get_local_rank())
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
+    if not job.use_gpu:
+        import torch._dynamo
+
         torch.set_num_threads(max(1, int(job.cpus_per_worker)))
         # DeepSpeed's Muon compiles its Newton-Schulz step with torch.compile: 46 s of inductor
         # + gcc on the first CPU step, for no speed-up at these sizes. Eager on CPU.
         torch._dynamo.config.disable = True
-    tcfg, ocfg = job.train, job.optimizer
 
+
+def _build(job: TrainJob) -> _Worker:
+    """Model, DeepSpeed engine (restored from the latest checkpoint) and batch source of this rank."""
+    import deepspeed
+    import ray.train
+
+    from training.deepspeed_config import deepspeed_config
+    from training.models import build_model, is_moe, parameter_counts
+    from training.optim import route_routers_to_adamw, scheduler
+    from training.qk_clip import attach_recorder
+    from training.throughput import flops_per_token, measure_peak_flops
+    from training.tokenizer import load_tokenizer
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = torch.device("cuda", ctx.get_local_rank()) if job.use_gpu else torch.device("cpu")
+    if job.use_gpu:
+        torch.cuda.set_device(device)
+    tcfg, ocfg = job.train, job.optimizer
     tok = load_tokenizer(job.tokenizer_dir)
     source = job.recipe.make_source(job, tok)
     model = build_model(job.model, tok)
@@ -219,28 +242,15 @@ def _worker(config: dict) -> None:
         config=ds_cfg,
         lr_scheduler=scheduler(tcfg.warmup_steps, tcfg.max_steps, tcfg.min_lr_ratio),
     )
-    accum = ds_cfg["gradient_accumulation_steps"]
-    local_params = sum(
-        int(torch.Size(getattr(p, "ds_shape", p.shape)).numel()) for p in engine.module.parameters()
-    )
-    expert_local = sum(
-        int(torch.Size(getattr(p, "ds_shape", p.shape)).numel())
-        for n, p in engine.module.named_parameters()
-        if ".experts." in n
-    )
+    local_params = sum(_numel(p) for p in engine.module.parameters())
+    expert_local = sum(_numel(p) for n, p in engine.module.named_parameters() if ".experts." in n)
     print(
         f"[{job.name}] rank {rank}/{world}: {local_params:,} of {counts['total']:,} parameters local "
         f"({expert_local:,} expert parameters; autoep_size="
         f"{ds_cfg.get('expert_parallel', {}).get('autoep_size', 1)})",
         flush=True,
     )
-
-    start = checkpoint.restore(engine)
-    if start:
-        print(f"[{job.name}] rank {rank}: resumed from step {start}", flush=True)
-    peak = tcfg.peak_flops_per_worker or measure_peak_flops(device)
-    embed = engine.module.get_input_embeddings().weight
-    embed_params = int(torch.Size(getattr(embed, "ds_shape", embed.shape)).numel())
+    embed_params = _numel(engine.module.get_input_embeddings().weight)
     fpt = flops_per_token(
         counts["active"],
         embed_params,
@@ -248,77 +258,127 @@ def _worker(config: dict) -> None:
         hf.num_attention_heads * getattr(hf, "head_dim", hf.hidden_size // hf.num_attention_heads),
         tcfg.seq_len,
     )
-    set_param = _deepspeed_set_param(tcfg.zero_stage)
-    top_k = getattr(hf, "num_experts_per_tok", 0)
+    return _Worker(
+        job=job,
+        engine=engine,
+        source=source,
+        tokenizer=tok,
+        recorder=recorder,
+        device=device,
+        rank=rank,
+        world=world,
+        accum=ds_cfg["gradient_accumulation_steps"],
+        params={"params_total": counts["total"], "params_active": counts["active"]},
+        flops_per_token=fpt,
+        peak_flops=tcfg.peak_flops_per_worker or measure_peak_flops(device),
+        set_param=_deepspeed_set_param(tcfg.zero_stage),
+        top_k=getattr(hf, "num_experts_per_tok", 0),
+    )
 
-    engine.train()
-    hook = job.recipe.after_step
-    hook_metrics = hook(engine, start, rank) if hook else {}
-    for step in range(start, tcfg.max_steps):
-        _maybe_fail(job, step, rank)
-        t0 = time.perf_counter()
-        recorder.reset()
-        losses, parts, shares, tokens = [], {}, None, 0
-        batches, source_metrics = source.step_batches(step, rank, world, accum)
-        t_data = time.perf_counter() - t0
-        for batch in batches:
-            batch = batch.to(device)
-            loss, m, router_logits = job.recipe.loss(engine, batch)
-            engine.backward(loss)
-            engine.step()
-            losses.append(float(loss))
-            tokens += batch.num_tokens
-            for k, v in m.items():
-                parts[k] = parts.get(k, 0.0) + v / accum
-            if router_logits and top_k:
-                shares = expert_token_share(tuple(r.detach() for r in router_logits), top_k)
-        recorder.all_reduce()
-        clipped = (
-            apply_qk_clip(engine.module, recorder, ocfg.qk_clip_tau, set_param)
-            if (ocfg.name == "muonclip" and ocfg.qk_clip_tau)
-            else 0
+
+def _numel(p) -> int:
+    """A parameter's full size, also when ZeRO-3 has partitioned it away (`ds_shape`)."""
+    return int(torch.Size(getattr(p, "ds_shape", p.shape)).numel())
+
+
+def _step(w: _Worker, step: int) -> dict[str, float]:
+    """One optimizer step (its micro-batches, then QK-clip); returns the step's metrics."""
+    from training.optim import lr_factor
+    from training.qk_clip import apply_qk_clip
+    from training.throughput import expert_token_share, mfu
+
+    tcfg, ocfg, engine = w.job.train, w.job.optimizer, w.engine
+    t0 = time.perf_counter()
+    w.recorder.reset()
+    losses, parts, shares, tokens = [], {}, None, 0
+    batches, source_metrics = w.source.step_batches(step, w.rank, w.world, w.accum)
+    t_data = time.perf_counter() - t0
+    for batch in batches:
+        batch = batch.to(w.device)
+        loss, m, router_logits = w.job.recipe.loss(engine, batch)
+        engine.backward(loss)
+        engine.step()
+        losses.append(float(loss))
+        tokens += batch.num_tokens
+        for k, v in m.items():
+            parts[k] = parts.get(k, 0.0) + v / w.accum
+        if router_logits and w.top_k:
+            shares = expert_token_share(tuple(r.detach() for r in router_logits), w.top_k)
+    w.recorder.all_reduce()
+    clipped = (
+        apply_qk_clip(engine.module, w.recorder, ocfg.qk_clip_tau, w.set_param)
+        if (ocfg.name == "muonclip" and ocfg.qk_clip_tau)
+        else 0
+    )
+    t_update = time.perf_counter() - t0 - t_data
+    hook_metrics = w.job.recipe.after_step(engine, step + 1, w.rank) if w.job.recipe.after_step else {}
+    dt = time.perf_counter() - t0
+    global_tokens = tokens * w.world  # ranks see about equal-sized batches
+    metrics = {
+        "step": step + 1,
+        "loss": sum(losses) / len(losses),
+        **parts,
+        # The AdamW lr; Muon's is optimizer.muon_lr_ratio times it.
+        "lr": tcfg.lr
+        * lr_factor(step, warmup=tcfg.warmup_steps, total=tcfg.max_steps, min_ratio=tcfg.min_lr_ratio),
+        "tokens_per_s": global_tokens / dt,
+        "step_time_s": dt,
+        # Time to get this step's batches (waiting for rollouts, for GRPO) and to train on them.
+        "data_time_s": t_data,
+        "update_time_s": t_update,
+        **source_metrics,
+        **hook_metrics,
+        "mfu": mfu(global_tokens / dt, w.flops_per_token, w.peak_flops * w.world),
+        "max_attn_logit": w.recorder.overall_max(),
+        "qk_clipped_heads": clipped,
+    }
+    if shares:
+        metrics.update({f"expert_share/{i}": s for i, s in enumerate(shares)})
+    return metrics
+
+
+def _after_step(w: _Worker, step: int, metrics: dict[str, float]) -> None:
+    """Held-out eval, the driver's metrics stream and checkpoints, each when due after `step`."""
+    import ray.train
+
+    tcfg, done = w.job.train, step + 1
+    # --- sweep hook (training/validation.py): held-out metrics every `eval_every` steps, reported
+    # through Ray Train (in a Tune trial, on to ASHA); checkpoint steps carry them in their report.
+    if validation.eval_due(tcfg, done):
+        metrics.update(
+            validation.held_out_metrics(w.engine, w.source, w.job.recipe.loss, w.rank, w.world, w.device)
         )
-        t_update = time.perf_counter() - t0 - t_data
-        if hook:
-            hook_metrics = hook(engine, step + 1, rank)
-        dt = time.perf_counter() - t0
-        global_tokens = tokens * world  # ranks see about equal-sized batches
-        metrics = {
-            "step": step + 1,
-            "loss": sum(losses) / len(losses),
-            **parts,
-            # The AdamW lr; Muon's is optimizer.muon_lr_ratio times it.
-            "lr": tcfg.lr
-            * lr_factor(step, warmup=tcfg.warmup_steps, total=tcfg.max_steps, min_ratio=tcfg.min_lr_ratio),
-            "tokens_per_s": global_tokens / dt,
-            "step_time_s": dt,
-            # Time to get this step's batches (waiting for rollouts, for GRPO) and to train on them.
-            "data_time_s": t_data,
-            "update_time_s": t_update,
-            **source_metrics,
-            **hook_metrics,
-            "mfu": mfu(global_tokens / dt, fpt, peak * world),
-            "max_attn_logit": recorder.overall_max(),
-            "qk_clipped_heads": clipped,
-        }
-        if shares:
-            metrics.update({f"expert_share/{i}": s for i, s in enumerate(shares)})
-        # --- sweep hook (training/validation.py): held-out metrics every `eval_every` steps, reported
-        # through Ray Train (in a Tune trial, on to ASHA); checkpoint steps carry them in their report.
-        if validation.eval_due(tcfg, step + 1):
-            metrics.update(validation.held_out_metrics(engine, source, job.recipe.loss, rank, world, device))
-            if not validation.checkpoint_due(tcfg, step + 1):
-                ray.train.report(metrics)
-        # --- end sweep hook ---
-        if rank == 0 and job.metrics_queue is not None and (step + 1) % tcfg.log_every == 0:
-            job.metrics_queue.put(metrics)
-        # Ray Train's report is a cross-worker barrier through the controller (~2 s a call
-        # measured here), so it only carries checkpoints; per-step metrics go through the queue.
-        if (step + 1) % tcfg.checkpoint_every == 0 or step + 1 == tcfg.max_steps:
-            checkpoint.report(engine, step + 1, metrics)
+        if not validation.checkpoint_due(tcfg, done):
+            ray.train.report(metrics)
+    # --- end sweep hook ---
+    if w.rank == 0 and w.job.metrics_queue is not None and done % tcfg.log_every == 0:
+        w.job.metrics_queue.put(metrics)
+    # Ray Train's report is a cross-worker barrier through the controller (~2 s a call
+    # measured here), so it only carries checkpoints; per-step metrics go through the queue.
+    # The last one also carries the parameter counts `fit` returns.
+    if done % tcfg.checkpoint_every == 0 or done == tcfg.max_steps:
+        checkpoint.report(w.engine, done, metrics | w.params)
 
-    engine.eval()
-    checkpoint.export_hf(engine, job.export_dir, tok, rank)
+
+def _worker(config: dict) -> None:
+    job: TrainJob = config["job"]
+    _setup_process(job)
+    w = _build(job)
+    start = checkpoint.restore(w.engine)
+    if start:
+        print(f"[{job.name}] rank {w.rank}: resumed from step {start}", flush=True)
+    w.engine.train()
+    if job.recipe.after_step:  # e.g. GRPO installs the start weights on its rollout workers
+        job.recipe.after_step(w.engine, start, w.rank)
+    for step in range(start, job.train.max_steps):
+        _maybe_fail(job, step, w.rank)
+        _after_step(w, step, _step(w, step))
+    if start >= job.train.max_steps:  # an earlier attempt trained it all and died exporting
+        import ray.train
+
+        ray.train.report({"step": start, **w.params})
+    w.engine.eval()
+    checkpoint.export_hf(w.engine, job.export_dir, w.tokenizer, w.rank)
 
 
 def _drain(queue, tracker, total: int, stop: threading.Event, last: dict) -> None:
@@ -381,10 +441,12 @@ def make_trainer(job: TrainJob):
 
 
 def fit(job: TrainJob, tracker) -> dict:
-    """Run `job` on Ray Train; stream worker metrics into `tracker`; returns the last metrics."""
+    """Run `job` on Ray Train; stream worker metrics into `tracker`; returns the last metrics,
+    with the model's `params_total` and `params_active`."""
     from ray.util.queue import Queue
 
     job.train.accumulation_steps(job.num_workers)  # on the driver, not once per started worker
+    record_cost("train_run", job.name)
     job.metrics_queue = Queue()
     trainer = make_trainer(job)
     stop, last = threading.Event(), {}

@@ -11,8 +11,9 @@ Jinja chat template produces exactly these strings, so `apply_chat_template(mess
 add_generation_prompt=True, tokenize=False) == render_prompt(question)`.
 
 Tokens: `<|endoftext|>`, `<|user|>`, `<|assistant|>` are special (ids 0, 1, 2; dropped by
-`decode(..., skip_special_tokens=True)`). The four format tags are added *non-special* tokens, one
-id each, so decoding a completion keeps them and the answer can be extracted. Every prompt ends in
+`decode(..., skip_special_tokens=True)`). The data stage passes the four format tags as
+`added_tokens`: *non-special* tokens, one id each, so decoding a completion keeps them and the
+answer can be extracted. Every prompt ends in
 "\\n" and every completion starts with `<think>`, an added token, so
 `encode(prompt) + encode(completion) == encode(prompt + completion)`: prompt masks line up.
 
@@ -23,7 +24,7 @@ which helps it learn arithmetic. There is no normaliser, so decode(encode(x)) ==
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,9 +38,6 @@ USER = "<|user|>"
 ASSISTANT = "<|assistant|>"
 SPECIAL_TOKENS = (EOS, USER, ASSISTANT)
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
-FORMAT_TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
 
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
@@ -65,19 +63,22 @@ def render_completion(solution: str) -> str:
     return f"{solution}{EOS}"
 
 
-def _pieces(texts: Iterable[str]) -> Iterator[str]:
-    """Texts cut around special and format tokens, which BPE must not learn merges for."""
+def _pieces(texts: Iterable[str], added: Sequence[str]) -> Iterator[str]:
+    """Texts cut around special and added tokens, which BPE must not learn merges for."""
     for text in texts:
-        for token in (*SPECIAL_TOKENS, *FORMAT_TAGS):
+        for token in (*SPECIAL_TOKENS, *added):
             text = text.replace(token, "\x00")
         yield from (piece for piece in text.split("\x00") if piece)
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) -> PreTrainedTokenizerFast:
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int, out_dir: str | Path, added_tokens: Sequence[str] = ()
+) -> PreTrainedTokenizerFast:
     """Train the tokenizer on `texts`, save it to `out_dir` and return it.
 
-    `vocab_size` bounds the final vocabulary, added tokens included; a small corpus stops merging
-    earlier, so read the real size from `len(tokenizer)`.
+    `added_tokens` (e.g. the answer format's tags, `rl.tasks.format.FORMAT_TAGS`) become single,
+    non-special tokens. `vocab_size` bounds the final vocabulary, added tokens included; a small
+    corpus stops merging earlier, so read the real size from `len(tokenizer)`.
     """
     # transformers takes seconds to import; Ray workers that only need the token strings above
     # import this module, so the import waits until a tokenizer is built.
@@ -92,13 +93,13 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) 
     )
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(FORMAT_TAGS),
+        vocab_size=vocab_size - len(added_tokens),
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    backend.train_from_iterator(_pieces(texts), trainer)
-    backend.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in FORMAT_TAGS])
+    backend.train_from_iterator(_pieces(texts, added_tokens), trainer)
+    backend.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in added_tokens])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token=EOS,

@@ -89,3 +89,17 @@ def read_metrics(directory: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# Where costly starts are counted, one JSON line each, when set (the test suite holds itself to a
+# budget of Ray Train runs and Ray cluster starts with it: tests/cost_budget.py).
+RUN_LEDGER_ENV = "REASONFORGE_RUN_LEDGER"
+
+
+def record_cost(kind: str, name: str) -> None:
+    """Append `{"kind", "name", "pid"}` to $REASONFORGE_RUN_LEDGER, if set (any process may)."""
+    path = os.environ.get(RUN_LEDGER_ENV)
+    if path:
+        # One small O_APPEND write per line: concurrent processes never interleave within a line.
+        with open(path, "a") as f:
+            f.write(json.dumps({"kind": kind, "name": name, "pid": os.getpid()}) + "\n")

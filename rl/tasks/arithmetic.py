@@ -12,8 +12,8 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from rl.config import ArithmeticConfig
 from rl.tasks.base import Sample, Task, register_task
+from rl.tasks.config import ArithmeticConfig
 from rl.tasks.expression import Tree, render, solve
 from rl.tasks.format import format_solution
 from rl.tasks.numeric import verify_exact_integer

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from rl.config import TaskConfig
+from rl.tasks.config import TaskConfig
 
 
 @dataclass

@@ -9,7 +9,15 @@ answers earns nothing more than the last of them.
 
 from __future__ import annotations
 
-from training.tokenizer import ANSWER_CLOSE, ANSWER_OPEN, EOS, FORMAT_TAGS, THINK_CLOSE, THINK_OPEN
+import re
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+# The data stage makes each tag a single token of the tokenizer it trains.
+FORMAT_TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
+# An end-of-turn token left in the text, in Hugging Face's `<|name|>` form: ours is `<|endoftext|>`,
+# SmolLM2's `<|im_end|>`.
+END_TOKEN = re.compile(r"<\|[A-Za-z_]+\|>")
 
 # Longest answer text the verifiers look at; anything longer is garbage, not a number or expression.
 MAX_ANSWER_CHARS = 200
@@ -40,7 +48,8 @@ def extract_answer(completion: object) -> str | None:
 
 
 def is_well_formed(completion: object) -> bool:
-    """True when the completion is exactly one think block, then one answer block, then EOS or nothing."""
+    """True when the completion is exactly one think block, then one answer block, then an
+    end-of-turn token or nothing."""
     if not isinstance(completion, str) or any(completion.count(tag) != 1 for tag in FORMAT_TAGS):
         return False
     think_open, think_close, answer_open, answer_close = (completion.index(tag) for tag in FORMAT_TAGS)
@@ -50,5 +59,5 @@ def is_well_formed(completion: object) -> bool:
     return (
         not completion[:think_open].strip()
         and not completion[think_close + len(THINK_CLOSE) : answer_open].strip()
-        and tail in ("", EOS)
+        and (not tail or END_TOKEN.fullmatch(tail) is not None)
     )

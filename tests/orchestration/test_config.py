@@ -20,13 +20,13 @@ def test_default_config_composes_to_typed_objects():
 
 
 def test_override_reaches_typed_field():
-    cfg = compose(["pretrain.max_steps=7", "run_name=x"])
-    assert cfg.pretrain.max_steps == 7 and cfg.run_name == "x"
+    cfg = compose(["pretrain.train.max_steps=7", "run_name=x"])
+    assert cfg.pretrain.train.max_steps == 7 and cfg.run_name == "x"
 
 
 @pytest.mark.parametrize(
     "override, named",
-    [("pretrain.lrr=1", "lrr"), ("task.seeed=3", "seeed"), ("pretrain.max_steps=abc", "max_steps")],
+    [("pretrain.lrr=1", "lrr"), ("task.seeed=3", "seeed"), ("pretrain.train.max_steps=abc", "max_steps")],
 )
 def test_bad_override_fails_naming_the_key(override, named):
     with pytest.raises(ConfigCompositionException) as err:

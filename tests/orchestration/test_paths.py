@@ -3,13 +3,9 @@ worker or Tune trial (each in a working directory of its own) ever resolves a re
 
 from __future__ import annotations
 
-import json
-import os
-
 from orchestration.cli import compose
 from orchestration.config import RootConfig
 from orchestration.paths import PATH_FIELDS, absolute, path_like_fields
-from orchestration.pipeline import run_pipeline
 
 
 def test_every_field_that_names_a_path_is_resolved():
@@ -47,33 +43,3 @@ def test_base_dir_replaces_the_working_directory(tmp_path):
     cfg = compose(["cluster.storage_path=runs"], base_dir=tmp_path)
     assert cfg.cluster.storage_path == str(tmp_path / "runs")
     assert absolute("a/b", "/x") == "/x/a/b" and absolute("s3://a/b", "/x") == "s3://a/b"
-
-
-def test_training_stage_with_the_default_relative_outputs_exports_under_the_working_directory(
-    ray_session, tmp_path, monkeypatch
-):
-    # The README's `make demo` gives no storage path: the default is the relative `outputs`. Ray
-    # Train workers run elsewhere, so before paths were resolved on the driver the export landed in
-    # the Ray session directory and the stage failed (issue 14).
-    monkeypatch.chdir(tmp_path)
-    cfg = compose(
-        [
-            "stages=[data,pretrain]",
-            "logging.wandb_mode=disabled",
-            "logging.progress=false",
-            "task.pretrain_docs=200",
-            "task.sft_pairs=40",
-            "task.rl_prompts=8",
-            "task.eval_prompts=8",
-            "pretrain.max_steps=2",
-            "eval.limit=2",
-            "eval.max_new_tokens=4",
-        ]
-    )
-    done = run_pipeline(cfg)
-    run = tmp_path / "outputs" / "demo"
-    assert (run / "pretrain" / "model" / "config.json").is_file()
-    manifest = json.loads((run / "pretrain" / "manifest.json").read_text())
-    assert manifest["outputs"]["model"] == "model" and done["pretrain"].metrics["eval_prompts"] == 2
-    # Nothing was written relative to any other working directory.
-    assert sorted(os.listdir(tmp_path)) == ["outputs"]

@@ -14,8 +14,7 @@ import pytest
 
 from orchestration import pipeline
 from orchestration.cli import compose
-from orchestration.stages import STAGES, StageSpec
-from training.stage import StageResult
+from orchestration.stages import STAGES, ConfigView, StageResult, StageSpec, first_of, optional
 
 CALLS: list[str] = []
 
@@ -29,15 +28,19 @@ def _produce(cfg, ctx):
 
 def _consume(cfg, ctx):
     CALLS.append("consume")
-    text = ctx.artifact("produce", "numbers").read_text()
+    text = ctx.input("numbers").read_text()
     (ctx.out_dir / "copy.txt").write_text(text.upper())
     return StageResult(outputs={"copy": "copy.txt"})
+
+
+def _consumer(run) -> StageSpec:
+    return StageSpec("consume", run, reads=("logging",), inputs={"numbers": first_of("produce.numbers")})
 
 
 @pytest.fixture
 def two_stages(monkeypatch, ray_session, tmp_path):
     monkeypatch.setitem(STAGES, "produce", StageSpec("produce", _produce, ("task",)))
-    monkeypatch.setitem(STAGES, "consume", StageSpec("consume", _consume, ("logging",), needs=("produce",)))
+    monkeypatch.setitem(STAGES, "consume", _consumer(_consume))
     CALLS.clear()
 
     def cfg(*overrides):
@@ -105,16 +108,14 @@ def test_crash_keeps_earlier_outputs_and_next_run_redoes_only_that_stage(two_sta
         _consume(cfg, ctx)  # every output written, then the process dies before returning
         raise RuntimeError("boom inside consume")
 
-    monkeypatch.setitem(
-        STAGES, "consume", StageSpec("consume", crash_after_writing, ("logging",), ("produce",))
-    )
+    monkeypatch.setitem(STAGES, "consume", _consumer(crash_after_writing))
     with pytest.raises(RuntimeError, match="boom inside consume"):
         pipeline.run_pipeline(cfg("logging.progress=false"))
     # The previous result is intact and nothing half-written sits where a reader would look.
     assert (run_dir / "consume" / "copy.txt").read_text() == before
     assert not list(run_dir.glob(".consume.*"))
 
-    monkeypatch.setitem(STAGES, "consume", StageSpec("consume", _consume, ("logging",), ("produce",)))
+    monkeypatch.setitem(STAGES, "consume", _consumer(_consume))
     CALLS.clear()
     pipeline.run_pipeline(cfg("logging.progress=false"))
     assert CALLS == ["consume"]
@@ -152,8 +153,72 @@ def test_unknown_stage_is_named(two_stages):
 
 def test_missing_upstream_is_named(two_stages):
     cfg, _ = two_stages
-    with pytest.raises(RuntimeError, match="needs stage 'produce'"):
+    with pytest.raises(RuntimeError, match="needs its input 'numbers' from stage 'produce'"):
         pipeline.run_pipeline(cfg("stages=[consume]"))
+
+
+def test_a_stage_reading_config_it_does_not_declare_fails_naming_the_section(two_stages, monkeypatch):
+    cfg, run_dir = two_stages
+
+    def sneaky(cfg, ctx):
+        return _produce(cfg, ctx) if cfg.model.arch else None  # reads `model`, declares only `task`
+
+    monkeypatch.setitem(STAGES, "produce", StageSpec("produce", sneaky, reads=("task",)))
+    with pytest.raises(
+        AttributeError, match=r"stage 'produce' read cfg\.model, which its StageSpec does not"
+    ):
+        pipeline.run_pipeline(cfg())
+    assert not (run_dir / "produce").exists()
+
+
+def test_runs_on_sections_are_readable_but_outside_the_cache_key(two_stages, monkeypatch):
+    cfg, _ = two_stages
+
+    def on_cluster(cfg, ctx):
+        ctx.tracker.log({"workers": float(cfg.cluster.num_workers)})
+        return _produce(cfg, ctx)
+
+    monkeypatch.setitem(
+        STAGES, "produce", StageSpec("produce", on_cluster, reads=("task",), runs_on=("cluster",))
+    )
+    pipeline.run_pipeline(cfg())
+    pipeline.run_pipeline(cfg("cluster.num_workers=1"))  # where it runs changed, not what it computes
+    assert CALLS == ["produce", "consume"]
+
+
+def test_an_input_comes_from_the_first_of_its_sources_that_finished(two_stages, monkeypatch):
+    cfg, run_dir = two_stages
+    seen = {}
+
+    def consume_any(cfg, ctx):
+        seen.update(source=ctx.sources["numbers"], extra=ctx.inputs.get("extra"))
+        return _consume(cfg, ctx)
+
+    monkeypatch.setitem(
+        STAGES,
+        "consume",
+        StageSpec(
+            "consume",
+            consume_any,
+            reads=("logging",),
+            inputs={
+                "numbers": first_of("missing.numbers", "produce.numbers"),
+                "extra": optional("absent.thing"),
+            },
+        ),
+    )
+    manifests = pipeline.run_pipeline(cfg())
+    assert seen == {"source": "produce", "extra": None}
+    assert manifests["consume"].inputs == {"produce": manifests["produce"].fingerprint}
+
+
+def test_a_config_view_keeps_its_restriction_through_pickling():
+    import pickle
+
+    view = pickle.loads(pickle.dumps(ConfigView(compose([]), "s", ["task"])))
+    assert view.task.seed == 0
+    with pytest.raises(AttributeError, match="cfg.rlvr"):
+        _ = view.rlvr
 
 
 def test_stage_run_alone_reuses_finished_upstream(two_stages):
@@ -192,3 +257,21 @@ def test_real_data_stage_skips_on_rerun_and_reruns_when_task_seed_changes(ray_se
     assert "[data] running: config changed" in run("task.seed=1")
     second = json.loads(manifest.read_text())
     assert second["config"]["task"]["seed"] == 1 and second["output_hashes"] != first["output_hashes"]
+
+
+def test_the_serve_stage_takes_the_rlvr_model_else_sft_and_names_what_is_missing(tmp_path):
+    from orchestration.artifacts import Manifest
+
+    def manifest(stage):
+        return Manifest(stage, "h", {}, {}, {"model": "model"}, {"model": stage}, {}, {}, 0.0, "", {})
+
+    finished = {"data": Manifest("data", "h", {}, {}, {"eval": "eval"}, {"eval": "e"}, {}, {}, 0.0, "", {})}
+    with pytest.raises(RuntimeError, match="needs its input 'model' from stage 'rlvr' or 'sft'"):
+        pipeline.resolve_inputs(STAGES["serve"], finished.get, tmp_path)
+    finished["sft"] = manifest("sft")
+    inputs, sources = pipeline.resolve_inputs(STAGES["serve"], finished.get, tmp_path)
+    assert inputs["model"] == tmp_path / "sft" / "model" and "draft" not in inputs
+    finished.update(rlvr=manifest("rlvr"), distill=manifest("distill"))
+    inputs, sources = pipeline.resolve_inputs(STAGES["serve"], finished.get, tmp_path)
+    assert sources == {"eval": "data", "model": "rlvr", "draft": "distill"}
+    assert inputs["draft"] == tmp_path / "distill" / "model"

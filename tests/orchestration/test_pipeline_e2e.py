@@ -29,10 +29,10 @@ TINY = [
     "task.sft_pairs=200",
     "task.rl_prompts=40",
     "task.eval_prompts=30",
-    "pretrain.max_steps=6",
-    "pretrain.checkpoint_every=3",
-    "sft.max_steps=4",
-    "sft.checkpoint_every=2",
+    "pretrain.train.max_steps=6",
+    "pretrain.train.checkpoint_every=3",
+    "sft.train.max_steps=4",
+    "sft.train.checkpoint_every=2",
     "rlvr.train.max_steps=2",
     "rlvr.prompts_per_step=4",
     "rlvr.group_size=8",
@@ -63,6 +63,16 @@ def _fresh_checkout(dst: Path) -> Path:
     return dst
 
 
+def _untracked(checkout: Path) -> set[Path]:
+    tracked = set(
+        subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    )
+    files = {
+        p.relative_to(checkout) for p in checkout.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    }
+    return files - {Path(t) for t in tracked}
+
+
 def _make_demo(checkout: Path, timeout: int) -> str:
     """`make demo` in `checkout`, with this test's virtual environment standing in for .venv (the
     stamp is taken as up to date: installing again would repoint the editable install)."""
@@ -78,8 +88,11 @@ def _make_demo(checkout: Path, timeout: int) -> str:
 def test_make_demo_in_a_fresh_checkout_runs_every_stage_then_a_rerun_skips_them_all(tmp_path):
     checkout = _fresh_checkout(tmp_path / "rf")
     log = _make_demo(checkout, timeout=900)
-    # The default relative `outputs` is the driver's working directory's, for every stage.
+    # The default relative `outputs` is the driver's working directory's, for every stage (before
+    # paths were resolved on the driver, Ray Train workers exported into their own directories,
+    # issue 14), and nothing is written anywhere else in the checkout.
     run = checkout / "outputs" / "demo"
+    assert {p.parts[0] for p in _untracked(checkout)} == {"outputs"}
     m = {stage: _manifest(run, stage) for stage in STAGES}
 
     # Each stage consumed the previous stage's checkpoint, by fingerprint.

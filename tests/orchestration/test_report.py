@@ -2,7 +2,7 @@
 
 The run directory is written with the project's own Tracker and Manifest (what a finished stage
 leaves behind), with metric rows shaped like the real stages' (keys from training/loop.py,
-rl/rlvr.py, rl/distill.py, serving/stage.py), so the test takes seconds instead of training models.
+orchestration/stages/rlvr.py, rl/distill/recipe.py, orchestration/stages/serve.py), so the test takes seconds instead of training models.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from matplotlib.image import imread
 
 from orchestration import pipeline
 from orchestration.artifacts import MANIFEST, Manifest, hash_json, hash_path, layout_of
+from orchestration.atomic import atomic_write_json
 from orchestration.cli import compose
 from orchestration.report import key_metric, write_report
 from orchestration.report_plots import PLOTS
 from orchestration.stages import STAGES
-from training.atomic import atomic_write_json
 from training.tracking import LoggingConfig, Tracker
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -64,7 +64,7 @@ TINY_RUN = {
     "pretrain": ({"loss": 2.1, "pass@1": 0.05, "steps": STEPS}, _training_rows(4.0), ["data"]),
     "sft": ({"loss": 1.2, "pass@1": 0.3, "steps": STEPS}, _training_rows(2.0), ["data", "pretrain"]),
     "rlvr": ({"reward_mean": 0.6, "pass@1": 0.45, "start_pass@1": 0.3}, _rl_rows(), ["data", "sft"]),
-    "distill": (  # keys of rl/distill.py and rl/draft_eval.py, with the baseline student
+    "distill": (  # keys of rl/distill/recipe.py and rl/distill/draft_eval.py, with the baseline student
         {"pass@1": 0.35, "teacher_pass@1": 0.45, "baseline_pass@1": 0.2, "top1_agreement": 0.8}
         | {"acceptance_rate": 0.75, "speedup": 1.3, "baseline_acceptance_rate": 0.5, "baseline_speedup": 0.9},
         [
@@ -73,7 +73,7 @@ TINY_RUN = {
         ],
         ["data", "rlvr"],
     ),
-    "serve": (  # keys of serving/stage.py and serving/load.py
+    "serve": (  # keys of orchestration/stages/serve.py and serving/load.py
         {"endpoint_pass@1": 0.45, "acceptance_rate": 0.7, "latency_p50_s": 0.2, "latency_p99_s": 0.9},
         [{"serve/endpoint_pass@1": 0.45}],
         ["data", "rlvr", "distill"],

@@ -35,15 +35,15 @@ BASE = [
     "task.eval_prompts=20",
     "cluster.num_cpus=2",
     "cluster.num_workers=1",
-    "pretrain.max_steps=6",
-    "pretrain.warmup_steps=1",
-    "pretrain.checkpoint_every=4",
-    "pretrain.eval_every=2",
-    "pretrain.eval_rows=16",
-    "pretrain.global_batch_size=8",
-    "pretrain.micro_batch_per_worker=8",
-    "pretrain.seq_len=64",
-    "pretrain.peak_flops_per_worker=1e9",  # skip the matmul benchmark
+    "pretrain.train.max_steps=6",
+    "pretrain.train.warmup_steps=1",
+    "pretrain.train.checkpoint_every=4",
+    "pretrain.train.eval_every=2",
+    "pretrain.train.eval_rows=16",
+    "pretrain.train.global_batch_size=8",
+    "pretrain.train.micro_batch_per_worker=8",
+    "pretrain.train.seq_len=64",
+    "pretrain.train.peak_flops_per_worker=1e9",  # skip the matmul benchmark
     "eval.limit=4",
     "eval.max_new_tokens=8",
 ]
@@ -53,7 +53,7 @@ LRS = [3e-3, 1e-5, 1e-3, 3e-6]
 TINY_LRS = {1e-5, 3e-6}
 SWEEP = [
     "~sweep.space.model",
-    f"sweep.space.pretrain.lr='grid({render_value(LRS)})'",
+    f"sweep.space.pretrain.train.lr='grid({render_value(LRS)})'",
     "sweep.num_samples=1",
     "sweep.grace_period=2",
     "sweep.max_concurrent_trials=1",
@@ -63,17 +63,17 @@ SWEEP = [
 def test_each_distribution_parses_to_its_tune_domain():
     dims = parse_space(
         {
-            "pretrain": {"lr": "loguniform(1e-4, 3e-3)", "min_lr_ratio": "uniform(0.0, 0.5)"},
+            "pretrain": {"train": {"lr": "loguniform(1e-4, 3e-3)", "min_lr_ratio": "uniform(0.0, 0.5)"}},
             "model.num_experts": "choice([4, 8])",
-            "pretrain.warmup_steps": "randint(1, 10)",
+            "pretrain.train.warmup_steps": "randint(1, 10)",
             "optimizer.name": "grid([adamw, muonclip])",
         }
     )
     assert [(d.key, d.kind, d.args) for d in dims] == [
-        ("pretrain.lr", "loguniform", (1e-4, 3e-3)),
-        ("pretrain.min_lr_ratio", "uniform", (0.0, 0.5)),
+        ("pretrain.train.lr", "loguniform", (1e-4, 3e-3)),
+        ("pretrain.train.min_lr_ratio", "uniform", (0.0, 0.5)),
         ("model.num_experts", "choice", ([4, 8],)),
-        ("pretrain.warmup_steps", "randint", (1, 10)),
+        ("pretrain.train.warmup_steps", "randint", (1, 10)),
         ("optimizer.name", "grid", (["adamw", "muonclip"],)),
     ]
     lr, ratio, experts, warmup, name = (d.domain() for d in dims)
@@ -99,14 +99,17 @@ def test_a_value_needing_spaces_cannot_become_an_override():
 @pytest.mark.parametrize(
     "entry, message",
     [
-        ("++sweep.space.pretrain.lrr='uniform(1, 2)'", "sweep.space: unknown key 'pretrain.lrr'"),
+        ("++sweep.space.pretrain.train.lrr='uniform(1, 2)'", "sweep.space: unknown key 'pretrain.train.lrr'"),
         (
-            "++sweep.space.pretrain.lr='loguniform(1e-4 3e-3)'",
-            "sweep.space.pretrain.lr: 'loguniform(1e-4 3e-3)'",
+            "++sweep.space.pretrain.train.lr='loguniform(1e-4 3e-3)'",
+            "sweep.space.pretrain.train.lr: 'loguniform(1e-4 3e-3)'",
         ),
-        ("++sweep.space.pretrain.lr='logunif(1e-4, 3e-3)'", "unknown distribution 'logunif'"),
-        ("++sweep.space.pretrain.lr='loguniform(0, 3e-3)'", "a log scale needs low > 0"),
-        ("++sweep.space.pretrain.lr=3e-3", "sweep.space.pretrain.lr: 0.003 is not a distribution"),
+        ("++sweep.space.pretrain.train.lr='logunif(1e-4, 3e-3)'", "unknown distribution 'logunif'"),
+        ("++sweep.space.pretrain.train.lr='loguniform(0, 3e-3)'", "a log scale needs low > 0"),
+        (
+            "++sweep.space.pretrain.train.lr=3e-3",
+            "sweep.space.pretrain.train.lr: 0.003 is not a distribution",
+        ),
         (
             "++sweep.space.model.num_experts='choice([4, 8'",
             "sweep.space.model.num_experts: 'choice([4, 8' is not a distribution",
@@ -127,19 +130,25 @@ def test_invalid_search_space_fails_before_anything_runs_naming_the_key(entry, m
 
 
 def test_sweep_without_eval_steps_fails_naming_the_stage_key():
-    overrides = [*BASE, "pretrain.eval_every=0"]
-    with pytest.raises(ValueError, match=re.escape("pretrain.eval_every is 0")):
+    overrides = [*BASE, "pretrain.train.eval_every=0"]
+    with pytest.raises(ValueError, match=re.escape("pretrain.train.eval_every is 0")):
         plan_sweep(compose_sweep(overrides), overrides)
 
 
 def test_upstream_config_cannot_be_swept_from_a_later_stage():
-    overrides = [*BASE, "sweep.stage=sft", "sft.eval_every=2", "sft.eval_rows=8", "~sweep.space.pretrain"]
+    overrides = [
+        *BASE,
+        "sweep.stage=sft",
+        "sft.train.eval_every=2",
+        "sft.train.eval_rows=8",
+        "~sweep.space.pretrain",
+    ]
     with pytest.raises(ValueError, match="'model.num_experts' is also read by upstream stage 'pretrain'"):
         plan_sweep(compose_sweep(overrides), overrides)
 
 
 @pytest.mark.parametrize(
-    "stage, section", [("sft", "sft"), ("rlvr", "rlvr.train"), ("distill", "distill.train")]
+    "stage, section", [("sft", "sft.train"), ("rlvr", "rlvr.train"), ("distill", "distill.train")]
 )
 def test_any_training_stage_is_swept_by_name_through_its_train_config(stage, section):
     overrides = [
@@ -234,8 +243,8 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(sweep_run):
 @pytest.mark.slow
 def test_asha_stops_the_tiny_learning_rates_at_the_first_rung(sweep_run):
     rows = list(csv.DictReader((sweep_run.sweep_dir / "trials.csv").open()))
-    assert {"trial_id", "status", "step", "eval_loss", "pretrain.lr", "checkpoint_path"} <= set(rows[0])
-    by_lr = {float(r["pretrain.lr"]): r for r in rows}
+    assert {"trial_id", "status", "step", "eval_loss", "pretrain.train.lr", "checkpoint_path"} <= set(rows[0])
+    by_lr = {float(r["pretrain.train.lr"]): r for r in rows}
     assert set(by_lr) == set(LRS)
     # The first trial is alone at every rung, so it always completes; the tiny learning rates ran
     # after the resume and were still compared with it, so ASHA's rungs survived Tuner.restore.

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rl.config import ArithmeticConfig, TaskConfig
 from rl.tasks import generate_block, verify
 from rl.tasks.arithmetic import ArithmeticTask, make_sample
+from rl.tasks.config import ArithmeticConfig, TaskConfig
 from rl.tasks.expression import parse, render
 
 difficulties = st.builds(

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rl.config import CountdownConfig, TaskConfig
 from rl.tasks import verify
+from rl.tasks.config import CountdownConfig, TaskConfig
 from rl.tasks.countdown import CountdownTask, reachable
 from rl.tasks.expression import evaluate, leaves, parse
 

@@ -10,10 +10,10 @@ import datasets
 import pytest
 from omegaconf import OmegaConf
 
-from rl import datagen
-from rl.config import ArithmeticConfig, TaskConfig
-from rl.tasks import verify
-from training.stage import StageContext
+from orchestration.stages import STAGES, StageContext
+from rl.tasks import datagen, verify
+from rl.tasks.config import ArithmeticConfig, TaskConfig
+from training import corpus
 from training.tokenizer import ASSISTANT, load_tokenizer
 from training.tracking import LoggingConfig, Tracker, read_metrics
 
@@ -47,7 +47,7 @@ def run_stage(root: Path, task: TaskConfig):
         name="data", run_dir=root, out_dir=root / "out", work_dir=root / "work", tracker=tracker
     )
     try:
-        result = datagen.run(cfg, ctx)
+        result = STAGES["data"].run(STAGES["data"].view(cfg), ctx)
     finally:
         tracker.close()
     return result, root / "out"
@@ -130,13 +130,13 @@ def test_eval_sets_of_different_seeds_share_no_problem_with_either_training_set(
 
 def test_the_leak_check_finds_an_eval_prompt_smuggled_into_training(runs):
     data = load(runs["first"][1])
-    assert datagen.held_out_leaks(data) == []
+    assert corpus.held_out_leaks(data) == []
     smuggled = data["eval"][3]
     data["pretrain"].append({"text": smuggled["prompt"] + "<think></think> <answer>1</answer><|endoftext|>"})
-    assert datagen.held_out_leaks(data) == [smuggled["prompt"]]
+    assert corpus.held_out_leaks(data) == [smuggled["prompt"]]
     data["pretrain"].pop()
     data["rl"].append(dict(smuggled))
-    assert datagen.held_out_leaks(data) == [smuggled["prompt"]]
+    assert corpus.held_out_leaks(data) == [smuggled["prompt"]]
 
 
 def test_same_seed_gives_identical_data_whatever_the_parallelism(runs):
@@ -233,7 +233,7 @@ def test_task_config_from_hydra_is_validated_with_the_field_named():
     with pytest.raises(
         KeyError, match=r"unknown task 'sudoku'; registered tasks: \['arithmetic', 'countdown', 'gsm8k'\]"
     ):
-        datagen.run(OmegaConf.create({"task": {"tasks": ["sudoku"]}}), None)
+        datagen.draw_samples(OmegaConf.create({"tasks": ["sudoku"]}), None)
 
 
 def test_apportion_splits_counts_by_weight_and_keeps_the_total():

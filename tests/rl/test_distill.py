@@ -10,14 +10,14 @@ import pytest
 import ray
 import torch
 
+from orchestration.stages import StageContext
 from rl.config import DistillConfig
-from rl.distill import collate, kd_loss
-from rl.distill_manager import start_distill_manager
-from rl.rollout import Trajectory
-from rl.teacher import completion_logprobs
+from rl.distill.recipe import collate, kd_loss
+from rl.distill.sampler import start_distill_manager
+from rl.rollout.teacher import completion_logprobs
+from rl.rollout.worker import Trajectory
 from training.config import ModelConfig
 from training.models import build_model, load_model
-from training.stage import StageContext
 from training.tokenizer import load_tokenizer
 from training.tracking import LoggingConfig, Tracker, read_metrics
 
@@ -141,17 +141,18 @@ def test_distill_stage_exports_a_student_and_reports_its_draft_figures(data_dir,
     )
     out = tmp_path / "out"
     tracker = Tracker(out, "distill", LoggingConfig(wandb_mode="disabled", progress=False))
-    splits = ("tokenizer", "pretrain", "sft", "rl", "eval")
+    splits = ("tokenizer", "sft", "rl", "eval")
     ctx = StageContext(
         name="distill",
         run_dir=tmp_path,
         out_dir=out,
         work_dir=tmp_path / "work",
         tracker=tracker,
-        artifacts={"data": {s: str(data_dir / s) for s in splits}, "rlvr": {"model": str(teacher_dir)}},
+        inputs={s: data_dir / s for s in splits} | {"teacher": Path(teacher_dir)},
+        sources={s: "data" for s in splits} | {"teacher": "rlvr"},
     )
-    try:
-        result = STAGES["distill"].run(cfg, ctx)
+    try:  # through the view the pipeline hands it: reading an undeclared section would fail here
+        result = STAGES["distill"].run(STAGES["distill"].view(cfg), ctx)
     finally:
         tracker.close()
 
@@ -183,7 +184,7 @@ def test_distill_stage_exports_a_student_and_reports_its_draft_figures(data_dir,
 
 def test_a_local_ray_too_small_for_learner_and_workers_fails_at_once_naming_the_knobs(ray_session):
     from orchestration.cli import compose
-    from rl.distill import check_local_cpus
+    from orchestration.stages.distill import check_local_cpus
 
     # The test session's Ray has 4 CPUs: 2 learner CPUs + 4 workers x 0.5 + the manager's 0.01 do not fit.
     cfg = compose(

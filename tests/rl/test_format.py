@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rl.tasks.format import MAX_ANSWER_CHARS, extract_answer, format_solution, is_well_formed
-from training.tokenizer import EOS, FORMAT_TAGS
+from rl.tasks.format import FORMAT_TAGS, MAX_ANSWER_CHARS, extract_answer, format_solution, is_well_formed
+from training.tokenizer import EOS
 
 # Text that cannot contain a format tag (no "<"), so it is valid inside either block.
 plain = st.text(st.characters(blacklist_characters="<", blacklist_categories=("Cs",)), max_size=80)

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from rl.grpo import clipped_surrogate, entropy, group_advantages, k3_kl, masked_mean, token_logprobs
+from rl.grpo.loss import clipped_surrogate, group_advantages, k3_kl
+from rl.tokens import entropy, masked_mean, token_logprobs
 
 
 def test_group_advantages_centre_and_scale_within_each_group():

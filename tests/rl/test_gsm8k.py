@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rl.config import TaskConfig
 from rl.tasks import verify
+from rl.tasks.config import TaskConfig
 from rl.tasks.gsm8k import Gsm8kTask, load_samples
 from rl.tasks.numeric import parse_number
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from rl.config import KD_LOSS_NEEDS_TEACHER
-from rl.draft_eval import mean_top1_agreement
-from rl.kd import KD_LOSSES, forward_kl, generalized_jsd, reverse_kl, sequence_nll, top1_agreement
+from rl.distill.draft_eval import mean_top1_agreement
+from rl.distill.kd import KD_LOSSES, forward_kl, generalized_jsd, reverse_kl, sequence_nll, top1_agreement
 
 
 def _logits(*probs: float) -> torch.Tensor:

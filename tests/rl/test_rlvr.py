@@ -12,9 +12,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rl.config import RlvrConfig
-from rl.learner import grpo_recipe
-from rl.rewards import RewardScorer, Scored, instantiate_rewards
-from rl.rollout_manager import start_manager
+from rl.grpo.learner import grpo_recipe
+from rl.grpo.sampler import start_grpo_manager
+from rl.rollout.rewards import RewardScorer, Scored, instantiate_rewards
 from training.config import ExpertParallelConfig, ModelConfig, OptimizerConfig, TrainConfig
 from training.loop import TrainJob, fit
 from training.models import build_model
@@ -56,7 +56,7 @@ def _rlvr(**kw) -> RlvrConfig:
 
 
 def _run(cfg: RlvrConfig, data_dir: Path, policy_dir: Path, tmp_path: Path, keep_manager=False):
-    manager = start_manager(cfg, str(policy_dir), str(data_dir / "rl"))
+    manager = start_grpo_manager(cfg, str(policy_dir), str(data_dir / "rl"))
     job = TrainJob(
         name="rl",
         recipe=grpo_recipe(cfg, manager),
@@ -126,7 +126,9 @@ def test_async_mode_overlaps_generation_and_never_exceeds_the_staleness_bound(da
 
 
 def test_manager_refuses_rollouts_staler_than_allowed(data_dir, policy_dir):
-    manager = start_manager(_rlvr(mode="async", num_rollout_workers=1), str(policy_dir), str(data_dir / "rl"))
+    manager = start_grpo_manager(
+        _rlvr(mode="async", num_rollout_workers=1), str(policy_dir), str(data_dir / "rl")
+    )
     try:
         with pytest.raises(ray.exceptions.RayTaskError, match="would use policy version 0"):
             ray.get(manager.step_batch.remote(2, 0, 1))
@@ -161,9 +163,9 @@ def test_a_raising_reward_scores_zero_and_is_counted():
 def test_rewards_are_built_from_hydra_targets_and_score_by_the_verifier():
     fns = instantiate_rewards(
         [
-            {"_target_": "rl.rewards.Correctness", "weight": 1.0},
-            {"_target_": "rl.rewards.Format", "weight": 0.1},
-            {"_target_": "rl.rewards.LengthPenalty", "weight": 0.5},
+            {"_target_": "rl.rollout.rewards.Correctness", "weight": 1.0},
+            {"_target_": "rl.rollout.rewards.Format", "weight": 0.1},
+            {"_target_": "rl.rollout.rewards.LengthPenalty", "weight": 0.5},
         ]
     )
     scorer = RewardScorer(fns, timeout_s=5.0)

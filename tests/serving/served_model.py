@@ -17,6 +17,7 @@ from conftest import tiny_draft, tiny_target
 from ray import serve
 from ray.serve import Application
 
+from rl.tasks.format import FORMAT_TAGS
 from training.tokenizer import train_tokenizer
 
 CORPUS = [
@@ -35,7 +36,7 @@ class ServedModel:
 
 
 def save_tiny_models(root: Path) -> ServedModel:
-    tokenizer = train_tokenizer(CORPUS, vocab_size=320, out_dir=root / "target")
+    tokenizer = train_tokenizer(CORPUS, vocab_size=320, out_dir=root / "target", added_tokens=FORMAT_TAGS)
     target = tiny_target(vocab=len(tokenizer), seed=2)
     draft = tiny_draft(target)
     for model, name in ((target, "target"), (draft, "draft")):

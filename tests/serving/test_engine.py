@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import random_prompts, tiny_draft, tiny_target
 
+from rl.tasks.format import FORMAT_TAGS
 from serving.config import SpeculativeConfig
 from serving.engine import CachedModel, Engine, resolve_device
 from serving.metrics import summarize
@@ -192,7 +193,7 @@ def text_engine(tmp_path_factory):
     from training.tokenizer import train_tokenizer
 
     out_dir = tmp_path_factory.mktemp("tok")
-    tokenizer = train_tokenizer(CORPUS, vocab_size=320, out_dir=out_dir)
+    tokenizer = train_tokenizer(CORPUS, vocab_size=320, out_dir=out_dir, added_tokens=FORMAT_TAGS)
     model = tiny_target(vocab=len(tokenizer), seed=2)
     return Engine(model, tokenizer, draft_model=tiny_draft(model), speculative=None)
 

@@ -1,11 +1,11 @@
-"""The pipeline's serve stage: deploy the run's model with its draft, answer the eval prompts over
+"""The pipeline's serve stage (orchestration/stages/serve.py): deploy the run's model with its draft, answer the eval prompts over
 HTTP, record pass@1, latency and acceptance, write a deployable Serve config, delete the app."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-import pytest
 import yaml
 from datasets import Dataset
 from ray import serve
@@ -16,10 +16,10 @@ from ray.serve.schema import ServeDeploySchema
 from served_model import free_port, save_tiny_models
 
 from orchestration.cli import compose
-from serving import stage as serve_stage
+from orchestration.stages import StageContext
+from orchestration.stages import serve as serve_stage
 from serving.engine import Engine
 from serving.protocol import SamplingParams
-from training.stage import StageContext
 from training.tokenizer import render_prompt
 from training.tracking import LoggingConfig, Tracker
 
@@ -40,7 +40,7 @@ def _eval_split(path, answers: list[str]) -> None:
     ).save_to_disk(str(path))
 
 
-def test_serve_stage_scores_the_endpoints_answers_and_deletes_the_app(ray_session, tmp_path):
+def test_serve_stage_scores_the_endpoints_answers_and_deletes_the_app(ray_session, tmp_path, monkeypatch):
     models = save_tiny_models(tmp_path / "models")
     engine = Engine.from_pretrained(models.target, "cpu")
     greedy = engine.generate(
@@ -54,6 +54,8 @@ def test_serve_stage_scores_the_endpoints_answers_and_deletes_the_app(ray_sessio
     def verify(task, text, answer, meta):
         assert task == "arithmetic" and answer == answers[meta["row"]]
         return float(text == answer)
+
+    monkeypatch.setattr(serve_stage, "verify", verify)  # a verifier that also checks the routing
 
     # With API keys on: the stage's own eval client must authenticate like any other client.
     key = "sk-rf-stage-test-0123456789"
@@ -76,14 +78,11 @@ def test_serve_stage_scores_the_endpoints_answers_and_deletes_the_app(ray_sessio
         out_dir=out,
         work_dir=tmp_path / "work",
         tracker=tracker,
-        artifacts={
-            "data": {"eval": str(tmp_path / "eval")},
-            "sft": {"model": models.target},
-            "distill": {"model": models.draft},
-        },
+        inputs={"eval": tmp_path / "eval", "model": Path(models.target), "draft": Path(models.draft)},
+        sources={"eval": "data", "model": "sft", "draft": "distill"},
     )
     try:
-        result = serve_stage.run(cfg, ctx, verify=verify)
+        result = serve_stage.run(cfg, ctx)
         assert cfg.serve.app_name not in serve.status().applications  # deleted after the eval
     finally:
         tracker.close()
@@ -106,11 +105,3 @@ def test_serve_stage_scores_the_endpoints_answers_and_deletes_the_app(ray_sessio
     assert app["args"]["api_key_file"] == str(tmp_path / "keys")
     built = call_user_app_builder_with_args_if_necessary(import_attr(app["import_path"]), app["args"])
     assert isinstance(built, Application)  # every ServeConfig field it wrote is accepted
-
-
-def test_serve_stage_prefers_the_rlvr_model_and_names_what_is_missing(tmp_path):
-    ctx = StageContext("serve", tmp_path, tmp_path, tmp_path, tracker=None, artifacts={"data": {}})
-    with pytest.raises(KeyError, match="add 'sft'"):
-        serve_stage.pick_model(ctx)
-    ctx.artifacts.update(sft={"model": "/s"}, rlvr={"model": "/r"})
-    assert serve_stage.pick_model(ctx) == ("rlvr", ctx.artifact("rlvr", "model"))

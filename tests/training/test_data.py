@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datasets import Dataset
 
+from rl.tasks.format import FORMAT_TAGS
 from training.data import IGNORE, PromptCompletionPairs, batch_indices
 from training.tokenizer import render_completion, render_prompt, train_tokenizer
 
@@ -21,7 +22,7 @@ def test_batch_indices_partition_each_step_and_cover_an_epoch():
 
 def test_sft_labels_cover_completion_tokens_only(tmp_path):
     q, sol = "Compute 2+3", "<think>2+3=5</think> <answer>5</answer>"
-    tok = train_tokenizer([render_prompt(q) + render_completion(sol)] * 5, 300, tmp_path / "tok")
+    tok = train_tokenizer([render_prompt(q) + render_completion(sol)] * 5, 300, tmp_path / "tok", FORMAT_TAGS)
     Dataset.from_dict({"prompt": [render_prompt(q)], "completion": [render_completion(sol)]}).save_to_disk(
         tmp_path / "sft"
     )

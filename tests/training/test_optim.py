@@ -67,9 +67,20 @@ def test_bad_batch_and_expert_split_are_named():
 
 
 def test_a_stage_batch_the_learner_cannot_split_fails_naming_the_stage_knobs():
-    train = TrainConfig(micro_batch_per_worker=16)
+    train = TrainConfig(micro_batch_per_worker=16, global_batch_size=None)
     assert with_global_batch(train, 64, 2, "rlvr.prompts_per_step x rlvr.group_size").global_batch_size == 64
     with pytest.raises(
         ValueError, match=r"rlvr.prompts_per_step x rlvr.group_size = 16 .* x workers \(2\) = 32"
     ):
         with_global_batch(train, 16, 2, "rlvr.prompts_per_step x rlvr.group_size")
+
+
+def test_a_derived_batch_set_by_hand_fails_instead_of_being_ignored():
+    source = "rlvr.prompts_per_step x rlvr.group_size"
+    assert with_global_batch(TrainConfig(global_batch_size=64), 64, 2, source).global_batch_size == 64
+    with pytest.raises(
+        ValueError, match=r"global_batch_size=32, but rlvr.prompts_per_step x rlvr.group_size = 64"
+    ):
+        with_global_batch(TrainConfig(global_batch_size=32), 64, 2, source)
+    with pytest.raises(ValueError, match="global_batch_size is not set"):
+        TrainConfig(global_batch_size=None).accumulation_steps(2)

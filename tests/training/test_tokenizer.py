@@ -10,12 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from rl.config import TaskConfig
 from rl.tasks import generate_block
+from rl.tasks.config import TaskConfig
+from rl.tasks.format import FORMAT_TAGS
 from training.tokenizer import (
     ASSISTANT,
     EOS,
-    FORMAT_TAGS,
     USER,
     load_tokenizer,
     render_completion,
@@ -36,7 +36,7 @@ def samples():
 def trained(samples, tmp_path_factory):
     out = tmp_path_factory.mktemp("tokenizer")
     texts = [render_prompt(s.prompt) + render_completion(s.solution) for s in samples]
-    return train_tokenizer(texts, VOCAB_SIZE, out), out
+    return train_tokenizer(texts, VOCAB_SIZE, out, added_tokens=FORMAT_TAGS), out
 
 
 def test_every_generated_sample_round_trips_exactly(trained, samples):

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from training.config import ExpertParallelConfig, ModelConfig, OptimizerConfig, TrainConfig
 from training.loop import TrainJob, fit
-from training.pretrain import PRETRAIN
+from training.recipes import PRETRAIN
 from training.tokenizer import load_tokenizer
 from training.tracking import LoggingConfig, Tracker, read_metrics
 

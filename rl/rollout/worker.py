@@ -58,7 +58,7 @@ class RolloutWorker:
         threads: int = 1,
         with_reference: bool = False,
     ):
-        from rl.rewards import RewardScorer, instantiate_rewards
+        from rl.rollout.rewards import RewardScorer, instantiate_rewards
         from serving.engine import Engine
 
         torch.set_num_threads(threads)
@@ -85,7 +85,7 @@ class RolloutWorker:
         self, rows: list[dict], first_index: int, params: RolloutParams, seed: int, die: bool = False
     ) -> RolloutBatch:
         """Sample `params.group_size` completions for each row (prompt, task, answer, meta)."""
-        from rl.rewards import scored
+        from rl.rollout.rewards import scored
         from serving.protocol import SamplingParams
 
         if die:  # fault drill: the process vanishes mid-call, as with an OOM kill
@@ -132,7 +132,7 @@ class RolloutWorker:
 
     @torch.inference_mode()
     def _reference_logprobs(self, outs, temperature: float) -> list[list[float]]:
-        from rl.grpo import token_logprobs
+        from rl.tokens import token_logprobs
 
         result = []
         for o in outs:  # one sequence at a time: no padding to get wrong, and the KL path is optional

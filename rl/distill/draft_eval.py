@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from rl.kd import top1_agreement
-from rl.teacher import completion_logprobs
+from rl.distill.kd import top1_agreement
+from rl.rollout.teacher import completion_logprobs
 from serving.config import SpeculativeConfig
 from serving.engine import Engine
 from serving.metrics import summarize
@@ -27,7 +27,7 @@ TEACHER = "teacher"  # the engine without a draft, in `_interleaved`'s results
 
 def mean_top1_agreement(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> float:
     """Share of all completion positions (over sequences of different lengths) where the two
-    models' most likely tokens are the same; per position it is rl.kd.top1_agreement."""
+    models' most likely tokens are the same; per position it is rl.distill.kd.top1_agreement."""
     same = sum(float(top1_agreement(s, t).sum()) for t, s in zip(teacher, student, strict=True))
     return same / max(1, sum(len(t) for t in teacher))
 

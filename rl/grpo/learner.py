@@ -7,17 +7,16 @@ DeepSpeed (ZeRO, AutoEP), checkpoints, resume and failure recovery are the loop'
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import torch
 
 from rl.config import RlvrConfig
-from rl.grpo import clipped_surrogate, entropy, k3_kl, masked_mean, token_logprobs
-from rl.rollout import Trajectory
+from rl.grpo.loss import clipped_surrogate, k3_kl
+from rl.rollout.learner import RolloutSource, WeightSync, align
+from rl.rollout.worker import Trajectory
+from rl.tokens import entropy, masked_mean, token_logprobs
 from training.loop import Recipe
 
 
@@ -53,20 +52,12 @@ class PolicyBatch:
 
 
 def collate(trajectories: list[Trajectory], pad_id: int, token_scale: float) -> PolicyBatch:
-    width = max(len(t.prompt_ids) + len(t.completion_ids) for t in trajectories)
-    b = len(trajectories)
-    ids = torch.full((b, width), pad_id, dtype=torch.long)
-    attn = torch.zeros((b, width), dtype=torch.long)
-    mask = torch.zeros((b, width - 1))
-    old = torch.zeros((b, width - 1))
+    ids, attn, mask = align(trajectories, pad_id)
+    old = torch.zeros(mask.shape)
     with_ref = trajectories[0].ref_logprobs is not None
-    ref = torch.zeros((b, width - 1)) if with_ref else None
+    ref = torch.zeros(mask.shape) if with_ref else None
     for i, t in enumerate(trajectories):
         p, c = len(t.prompt_ids), len(t.completion_ids)
-        ids[i, : p + c] = torch.tensor(t.prompt_ids + t.completion_ids)
-        attn[i, : p + c] = 1
-        # logits at position j predict token j+1: completion token k sits at target p-1+k.
-        mask[i, p - 1 : p - 1 + c] = 1.0
         old[i, p - 1 : p - 1 + c] = torch.tensor(t.logprobs)
         if ref is not None:
             ref[i, p - 1 : p - 1 + c] = torch.tensor(t.ref_logprobs)
@@ -74,31 +65,8 @@ def collate(trajectories: list[Trajectory], pad_id: int, token_scale: float) -> 
     return PolicyBatch(ids, attn, mask, old, adv, ref, token_scale)
 
 
-@dataclass(frozen=True)
-class RolloutSource:
-    """A learner rank's micro-batches of a step: its share of the step's rollouts."""
-
-    manager: Any  # RolloutManager actor handle (or a subclass's: rl.distill_manager)
-    micro_bs: int
-    pad_id: int
-    # (trajectories, pad_id, token_scale) -> a micro-batch: GRPO's PolicyBatch, or distillation's.
-    collate_fn: Callable[[list[Trajectory], int, float], Any] = collate
-
-    def step_batches(self, step: int, rank: int, world: int, accum: int) -> tuple[list[PolicyBatch], dict]:
-        import ray
-
-        share, metrics = ray.get(self.manager.step_batch.remote(step, rank, world))
-        if len(share) != accum * self.micro_bs:
-            raise ValueError(
-                f"step {step}: rank {rank} got {len(share)} trajectories, expected {accum} x {self.micro_bs}"
-            )
-        scale = accum * world / max(1.0, metrics["completion_tokens"])
-        chunks = [share[i : i + self.micro_bs] for i in range(0, len(share), self.micro_bs)]
-        return [self.collate_fn(c, self.pad_id, scale) for c in chunks], metrics
-
-
 def _rollout_source(manager, job, tokenizer) -> RolloutSource:
-    return RolloutSource(manager, job.train.micro_batch_per_worker, tokenizer.pad_token_id)
+    return RolloutSource(manager, job.train.micro_batch_per_worker, tokenizer.pad_token_id, collate)
 
 
 def grpo_loss(model, batch: PolicyBatch, *, cfg: RlvrConfig):
@@ -127,30 +95,6 @@ def grpo_loss(model, batch: PolicyBatch, *, cfg: RlvrConfig):
             pg_loss=float(masked_mean(per_token, batch.mask)),
         )
     return loss, metrics, getattr(out, "router_logits", None)
-
-
-@dataclass(frozen=True)
-class WeightSync:
-    """After each step: gather the full HF state dict (a collective) and push it from rank 0."""
-
-    manager: Any
-
-    def __call__(self, engine, version: int, rank: int) -> dict[str, float]:
-        import ray
-        import torch.distributed as dist
-
-        from training.checkpoint import gather_hf_state_dict
-
-        start = time.perf_counter()
-        state = gather_hf_state_dict(engine)
-        metrics: dict[str, float] = {}
-        if rank == 0:
-            nbytes = sum(t.numel() * t.element_size() for t in state.values())
-            metrics = ray.get(self.manager.push_weights.remote([ray.put(state)], version, nbytes))
-            metrics["sync_total_s"] = time.perf_counter() - start
-        # No rank may ask for the next rollouts before the workers hold this version.
-        dist.barrier()
-        return metrics
 
 
 def grpo_recipe(cfg: RlvrConfig, manager) -> Recipe:

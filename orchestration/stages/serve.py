@@ -1,7 +1,7 @@
-"""The pipeline's `serve` stage: the run's best model behind the OpenAI endpoint, measured over HTTP.
+"""The `serve` adapter: the run's best model behind the OpenAI endpoint, measured over HTTP.
 
-The model is the `rlvr` stage's when that finished in this run, else `sft`'s; the `distill`
-stage's student drafts for it when present (else `serve.speculative=auto` drafts by n-gram
+The model is the stage table's `model` input (rlvr's when that finished in this run, else sft's);
+its `draft` input (the distill stage's student) drafts for it when present (else `serve.speculative=auto` drafts by n-gram
 lookup). The stage deploys the app on Ray Serve, sends the first `eval.limit` held-out questions
 as greedy chat requests (`serve.eval_concurrency` at a time), scores the answers with the task
 verifiers and records endpoint pass@1, latency percentiles and the draft acceptance rate. Then it
@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,33 +24,27 @@ import yaml
 from datasets import load_from_disk
 from ray import serve
 
+from orchestration.stages.context import StageContext, StageResult
+from rl.tasks import verify
 from serving.app import app_for
 from serving.auth import read_keys
 from serving.config import ServeConfig
 from serving.load import Reply, post_all, summarize
-from training.stage import StageContext, StageResult
 
 log = logging.getLogger("reasonforge.serve")
 
-MODEL_STAGES = ("rlvr", "sft")  # the model served: the first of these that finished
-DRAFT_STAGE = "distill"  # its "model" output drafts for the served model
 
-# (task, completion, reference answer, meta) -> reward in [0, 1] (`rl.tasks.verify`).
-Verifier = Callable[[str, str, str, Any], float]
-
-
-def run(cfg, ctx: StageContext, verify: Verifier) -> StageResult:
+def run(cfg, ctx: StageContext) -> StageResult:
     scfg: ServeConfig = cfg.serve
-    source, model_dir = pick_model(ctx)
+    model_dir, draft_dir = ctx.input("model"), ctx.inputs.get("draft")
     # The stage is a client like any other: with keys configured it authenticates with the first.
     keys = read_keys(scfg.api_key_file, scfg.api_key_env)
-    draft_dir = ctx.artifact(DRAFT_STAGE, "model") if DRAFT_STAGE in ctx.artifacts else None
-    log.info("serving the %s model %s (draft: %s)", source, model_dir, draft_dir or "none")
+    log.info("serving the %s model %s (draft: %s)", ctx.sources["model"], model_dir, draft_dir or "none")
     base = f"http://{scfg.host}:{scfg.port}{scfg.route_prefix.rstrip('/')}"
     serve.start(http_options={"host": scfg.host, "port": scfg.port})
     serve.run(app_for(scfg, model_dir, draft_dir), name=scfg.app_name, route_prefix=scfg.route_prefix)
     try:
-        metrics = _evaluate(cfg, ctx, f"{base}/v1/chat/completions", verify, keys[0] if keys else None)
+        metrics = _evaluate(cfg, ctx, f"{base}/v1/chat/completions", keys[0] if keys else None)
     finally:
         if not scfg.keep_alive:
             serve.delete(scfg.app_name)
@@ -66,9 +60,9 @@ def run(cfg, ctx: StageContext, verify: Verifier) -> StageResult:
     )
 
 
-def _evaluate(cfg, ctx: StageContext, url: str, verify: Verifier, api_key: str | None) -> dict[str, float]:
+def _evaluate(cfg, ctx: StageContext, url: str, api_key: str | None) -> dict[str, float]:
     """Greedy answers to the held-out questions over HTTP, scored; writes answers.jsonl."""
-    rows = load_from_disk(str(ctx.artifact("data", "eval")))
+    rows = load_from_disk(str(ctx.input("eval")))
     rows = rows.select(range(min(cfg.eval.limit, len(rows))))
     payloads = [
         {
@@ -86,25 +80,14 @@ def _evaluate(cfg, ctx: StageContext, url: str, verify: Verifier, api_key: str |
     failed = [r for r in replies if r.status != 200]
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(replies)} eval requests to {url} failed, e.g. {failed[0]}")
-    rewards = _score(rows, replies, verify)
+    rewards = _score(rows, replies)
     metrics.update({"endpoint_pass@1": sum(rewards) / len(rewards), "eval_prompts": float(len(rewards))})
     ctx.tracker.log({f"serve/{k}": v for k, v in metrics.items()})
     _write_answers(ctx.out_dir / "answers.jsonl", rows, replies, rewards)
     return metrics
 
 
-def pick_model(ctx: StageContext) -> tuple[str, Path]:
-    """(stage, model dir) of the best model this run has."""
-    for stage in MODEL_STAGES:
-        if stage in ctx.artifacts:
-            return stage, ctx.artifact(stage, "model")
-    raise KeyError(
-        f"stage {ctx.name!r} needs a model, but none of the stages {list(MODEL_STAGES)} has finished in "
-        f"{ctx.run_dir}; add 'sft' (or 'rlvr') to `stages`"
-    )
-
-
-def _score(rows, replies: list[Reply], verify: Verifier) -> list[float]:
+def _score(rows, replies: list[Reply]) -> list[float]:
     texts = [r.body["choices"][0]["message"]["content"] for r in replies]
     return [
         verify(task, text, answer, json.loads(meta))

@@ -1,4 +1,4 @@
-"""The `data` stage: generate problems on Ray, split them, train the tokenizer, save the datasets.
+"""Data generation: problems drawn on Ray and split into pretrain, SFT, RL and held-out eval.
 
 Problems come from each task's stream in fixed-size blocks (`task.block_size`), one Ray task per
 block, consumed in block order: the data depend on the seed and the block size only, not on how
@@ -7,34 +7,22 @@ canonical form: the held-out `eval` region of the problem space is the same for 
 count, and a problem can never be on both sides. The training region is cut the same way into
 pretrain, SFT and RL parts sized like the requested counts, so the three are disjoint too. A final
 check on the written records raises if any eval prompt still shows up in training data.
-
-Outputs (under the stage's out_dir; `datasets.load_from_disk` reads each):
-  pretrain/  text: render_prompt(question) + solution + "<|endoftext|>"
-  sft/       id, task, question, prompt (rendered chat prompt), completion (solution + EOS),
-             answer, meta (JSON)
-  rl/, eval/ id, task, question, prompt, answer, meta (JSON)
-  tokenizer/ the tokenizer trained on pretrain + SFT + RL text (see `training.tokenizer`)
+(`training.corpus` turns the samples into the datasets and tokenizer the training loop reads.)
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import random
 import warnings
-from collections import Counter
 from typing import Any
 
 import ray
-from datasets import Dataset
 from omegaconf import OmegaConf
 
-from rl.config import TaskConfig
-from rl.tasks import Sample, generate_block, get_task
-from training.stage import StageContext, StageResult
-from training.tokenizer import ASSISTANT, render_completion, render_prompt, train_tokenizer
-from training.tracking import Tracker
+from rl.tasks.base import Sample, generate_block, get_task
+from rl.tasks.config import TaskConfig
 
 TRAIN_SPLITS = ("pretrain", "sft", "rl")
 SPLITS = (*TRAIN_SPLITS, "eval")
@@ -79,7 +67,7 @@ def assign_split(sample_id: str, eval_fraction: float, train_shares: dict[str, f
 
 
 def collect(
-    cfg: TaskConfig, cfg_ref: ray.ObjectRef, task: str, quotas: dict[str, int], tracker: Tracker
+    cfg: TaskConfig, cfg_ref: ray.ObjectRef, task: str, quotas: dict[str, int], tracker: Any
 ) -> dict[str, list[Sample]]:
     """Read `task`'s blocks in order until every split has its quota (or a finite task runs out)."""
     counts = {split: getattr(cfg, COUNT_FIELDS[split]) for split in TRAIN_SPLITS}
@@ -138,65 +126,10 @@ def _exhausted_message(cfg: TaskConfig, task: str, chosen: dict, quotas: dict, b
     )
 
 
-def to_records(samples: dict[str, list[Sample]]) -> dict[str, list[dict[str, str]]]:
-    """The rows of each output dataset (see the module docstring for the columns)."""
-
-    def prompt_row(s: Sample) -> dict[str, str]:
-        return {
-            "id": s.id,
-            "task": s.task,
-            "question": s.prompt,
-            "prompt": render_prompt(s.prompt),
-            "answer": s.answer,
-            "meta": json.dumps(s.meta, sort_keys=True),
-        }
-
-    return {
-        "pretrain": [
-            {"text": render_prompt(s.prompt) + render_completion(s.solution)} for s in samples["pretrain"]
-        ],
-        "sft": [prompt_row(s) | {"completion": render_completion(s.solution)} for s in samples["sft"]],
-        "rl": [prompt_row(s) for s in samples["rl"]],
-        "eval": [prompt_row(s) for s in samples["eval"]],
-    }
-
-
-def held_out_leaks(records: dict[str, list[dict[str, str]]]) -> list[str]:
-    """Eval prompts that also appear in pretrain, SFT or RL records (should be none)."""
-    cut = len(ASSISTANT) + 1  # the prompt ends with the assistant tag and a newline
-    training = {text[: text.index(ASSISTANT) + cut] for text in (r["text"] for r in records["pretrain"])}
-    training |= {r["prompt"] for split in ("sft", "rl") for r in records[split]}
-    training_ids = {r["id"] for split in ("sft", "rl") for r in records[split]}
-    return [r["prompt"] for r in records["eval"] if r["prompt"] in training or r["id"] in training_ids]
-
-
-def _save(rows: list[dict[str, str]], columns: list[str], path) -> None:
-    Dataset.from_dict({column: [row[column] for row in rows] for column in columns}).save_to_disk(str(path))
-
-
-def _metrics(
-    samples: dict[str, list[Sample]], records: dict[str, list[dict[str, str]]], tokenizer
-) -> dict[str, float]:
-    """Counts per split and task, token totals and the vocabulary size, for the manifest."""
-    metrics: dict[str, float] = {f"{split}_count": len(samples[split]) for split in SPLITS}
-    for split in SPLITS:
-        for task, n in sorted(Counter(s.task for s in samples[split]).items()):
-            metrics[f"{split}_count/{task}"] = n
-    pretrain_ids = {s.id for s in samples["pretrain"]}
-    texts = {
-        "pretrain": [r["text"] for r in records["pretrain"]],
-        "sft": [r["prompt"] + r["completion"] for r in records["sft"]],
-    }
-    for split, batch in texts.items():
-        metrics[f"{split}_tokens"] = sum(len(ids) for ids in tokenizer(batch)["input_ids"]) if batch else 0
-    metrics["vocab_size"] = len(tokenizer)
-    metrics["pretrain_sft_overlap"] = sum(s.id in pretrain_ids for s in samples["sft"])
-    return metrics
-
-
-def run(cfg: Any, ctx: StageContext) -> StageResult:
-    """Make the pretrain/SFT/RL/eval datasets and the tokenizer for `cfg.task`."""
-    task_cfg = as_task_config(cfg.task)
+def draw_samples(task: Any, tracker: Any) -> tuple[TaskConfig, dict[str, list[Sample]]]:
+    """`task` (a TaskConfig or its DictConfig) validated, and its problems per split, shuffled by
+    seed. `tracker` (training.tracking.Tracker) shows progress and records counts per block."""
+    task_cfg = as_task_config(task)
     for name in task_cfg.tasks:
         get_task(name)  # unknown names fail here, before any work
     mixture = task_cfg.mixture()
@@ -204,34 +137,9 @@ def run(cfg: Any, ctx: StageContext) -> StageResult:
     cfg_ref = ray.put(task_cfg)
     samples: dict[str, list[Sample]] = {split: [] for split in SPLITS}
     for name in task_cfg.tasks:
-        chosen = collect(task_cfg, cfg_ref, name, {s: quotas[s][name] for s in SPLITS}, ctx.tracker)
+        chosen = collect(task_cfg, cfg_ref, name, {s: quotas[s][name] for s in SPLITS}, tracker)
         for split in SPLITS:
             samples[split] += chosen[split]
     for split in SPLITS:
         random.Random(f"{task_cfg.seed}/{split}").shuffle(samples[split])
-
-    records = to_records(samples)
-    leaks = held_out_leaks(records)
-    if leaks:
-        raise RuntimeError(f"{len(leaks)} eval prompts also appear in training data, e.g. {leaks[:3]}")
-
-    training_text = (
-        [r["text"] for r in records["pretrain"]]
-        + [r["prompt"] + r["completion"] for r in records["sft"]]
-        + [r["prompt"] for r in records["rl"]]
-    )
-    tokenizer = train_tokenizer(training_text, task_cfg.vocab_size, ctx.out_dir / "tokenizer")
-    columns = {
-        "pretrain": ["text"],
-        "sft": ["id", "task", "question", "prompt", "completion", "answer", "meta"],
-        "rl": ["id", "task", "question", "prompt", "answer", "meta"],
-        "eval": ["id", "task", "question", "prompt", "answer", "meta"],
-    }
-    for split in SPLITS:
-        _save(records[split], columns[split], ctx.out_dir / split)
-
-    metrics = _metrics(samples, records, tokenizer) | {"eval_overlap": len(leaks)}
-    ctx.tracker.log(metrics)
-    return StageResult(
-        outputs={"tokenizer": "tokenizer", **{split: split for split in SPLITS}}, metrics=metrics
-    )
+    return task_cfg, samples

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from rl.rollout import RolloutWorker
+from rl.rollout.worker import RolloutWorker
 
 # (prompt token ids, completion token ids)
 PromptCompletion = tuple[list[int], list[int]]

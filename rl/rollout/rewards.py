@@ -1,7 +1,7 @@
 """Verifiable rewards: scored by the task verifiers, never by a reward model.
 
 A reward function is any callable `(completion: Scored) -> float`, named in the config by Hydra
-`_target_` (e.g. `{_target_: rl.rewards.Correctness}`), so users plug their own in without
+`_target_` (e.g. `{_target_: rl.rollout.rewards.Correctness}`), so users plug their own in without
 touching this package. `RewardScorer` sums them, each call under a timeout.
 """
 
@@ -73,7 +73,7 @@ def instantiate_rewards(specs: Sequence[Mapping[str, Any]]) -> list[Callable[[Sc
 
     if not specs:
         raise ValueError(
-            "rlvr.rewards is empty; give at least one, e.g. [{_target_: rl.rewards.Correctness}]"
+            "rlvr.rewards is empty; give at least one, e.g. [{_target_: rl.rollout.rewards.Correctness}]"
         )
     out = []
     for i, spec in enumerate(specs):

@@ -1,0 +1,104 @@
+"""The stage table: each pipeline stage, its adapter, the config it reads and the outputs it takes.
+
+An adapter (`orchestration/stages/<stage>.py`) resolves nothing itself: the driver hands it its
+declared inputs as absolute paths (`ctx.input(name)`) and a view of the config that holds only the
+sections declared here, so the cache key (the hash of `reads`) cannot miss what the stage reads.
+The libraries (training, rl, serving) know no stage names; this table is where stages meet.
+"""
+
+from __future__ import annotations
+
+from orchestration.stages import data, distill, report, rlvr, serve
+from orchestration.stages.context import (
+    ConfigView,
+    Input,
+    StageContext,
+    StageResult,
+    StageSpec,
+    first_of,
+    optional,
+)
+from orchestration.stages.train import TRAINING_READS, evaluated, run_pretrain, run_sft
+
+# Every training stage: the tokenizer, its data split, and the held-out split its pass@1 is taken on.
+TOKENIZER, EVAL = first_of("data.tokenizer"), first_of("data.eval")
+RUNS_ON = ("cluster", "logging")
+
+STAGES: dict[str, StageSpec] = {
+    spec.name: spec
+    for spec in [
+        StageSpec("data", data.run, reads=("task",), runs_on=RUNS_ON),
+        StageSpec(
+            "pretrain",
+            evaluated(run_pretrain),
+            reads=("pretrain", *TRAINING_READS),
+            inputs={"tokenizer": TOKENIZER, "data": first_of("data.pretrain"), "eval": EVAL},
+            runs_on=RUNS_ON,
+        ),
+        StageSpec(
+            "sft",
+            evaluated(run_sft),
+            reads=("sft", *TRAINING_READS),
+            inputs={
+                "tokenizer": TOKENIZER,
+                "data": first_of("data.sft"),
+                "eval": EVAL,
+                "start": first_of("pretrain.model"),
+            },
+            runs_on=RUNS_ON,
+        ),
+        StageSpec(
+            "rlvr",
+            evaluated(rlvr.run),
+            reads=("rlvr", *TRAINING_READS),
+            # GRPO starts from the SFT model, or from pretrain's when a run has no SFT.
+            inputs={
+                "tokenizer": TOKENIZER,
+                "prompts": first_of("data.rl"),
+                "eval": EVAL,
+                "start": first_of("sft.model", "pretrain.model"),
+            },
+            runs_on=RUNS_ON,
+        ),
+        StageSpec(
+            "distill",
+            evaluated(distill.run),
+            reads=("distill", "optimizer", "expert_parallel", "eval"),  # its model: distill.student
+            inputs={
+                "tokenizer": TOKENIZER,
+                # Prompts come from the split `distill.prompts_split` names; the no-teacher
+                # baseline trains on sft.
+                "rl": first_of("data.rl"),
+                "sft": first_of("data.sft"),
+                "eval": EVAL,
+                "teacher": first_of("rlvr.model"),
+            },
+            runs_on=RUNS_ON,
+        ),
+        # The best model that finished (rlvr, else sft) behind the OpenAI endpoint; distill's drafts.
+        StageSpec(
+            "serve",
+            serve.run,
+            reads=("serve", "eval"),
+            inputs={
+                "eval": EVAL,
+                "model": first_of("rlvr.model", "sft.model"),
+                "draft": optional("distill.model"),
+            },
+            runs_on=RUNS_ON,
+        ),
+        # Last, reading whatever finished before it: the run's one-page report.
+        StageSpec("report", report.run, reads=(), reads_all_manifests=True),
+    ]
+}
+
+__all__ = [
+    "STAGES",
+    "ConfigView",
+    "Input",
+    "StageContext",
+    "StageResult",
+    "StageSpec",
+    "first_of",
+    "optional",
+]

@@ -1,0 +1,100 @@
+"""The `pretrain` and `sft` adapters, and what every training stage shares: the one way to build a
+training job from the run's config, and held-out pass@1 of the model a stage exports.
+
+pretrain: next-token loss over the data stage's packed corpus, from a fresh model (or
+`model.pretrained`). sft: loss on completion tokens only, starting from pretrain's export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from orchestration.stages.context import StageContext, StageResult
+from rl.evaluate import pass_at_1
+from training.config import ModelConfig, StageTrainConfig, TrainConfig
+from training.loop import Recipe, TrainJob, fit
+from training.recipes import PRETRAIN, SFT
+
+# The config a training stage reads besides its own section; `cluster` is in `runs_on`.
+TRAINING_READS = ("model", "optimizer", "expert_parallel", "eval")
+
+
+def train_job(
+    cfg,
+    ctx: StageContext,
+    *,
+    recipe: Recipe,
+    model: ModelConfig,
+    section: StageTrainConfig,
+    data: str,
+    train: TrainConfig | None = None,
+    name: str | None = None,
+    export_dir: Path | None = None,
+) -> TrainJob:
+    """The one way a stage builds its training job: `model` trained by `recipe` on the input `data`
+    with the stage's `section` (its `train`, or `train` when the stage derived it, and its optimizer
+    choice over the root `optimizer`), on `cluster.num_workers` workers, exported to `<out_dir>/model`."""
+    cluster = cfg.cluster
+    return TrainJob(
+        name=name or ctx.name,
+        recipe=recipe,
+        model=model,
+        train=train or section.train,
+        optimizer=replace(cfg.optimizer, name=section.optimizer) if section.optimizer else cfg.optimizer,
+        expert_parallel=cfg.expert_parallel,
+        tokenizer_dir=str(ctx.input("tokenizer")),
+        data_dir=str(ctx.input(data)),
+        export_dir=str(export_dir or ctx.out_dir / "model"),
+        work_dir=str(ctx.work_dir),
+        num_workers=cluster.num_workers,
+        cpus_per_worker=cluster.cpus_per_worker,
+        use_gpu=cluster.use_gpu,
+    )
+
+
+def picked(last: dict[str, Any], keys: Iterable[str]) -> dict[str, float]:
+    """The training metrics a manifest records: the last step's values of `keys` it has, its step
+    count and the trained model's parameter counts."""
+    return {k: last[k] for k in keys if k in last} | {
+        "steps": last.get("step", 0),
+        "params_total": last["params_total"],
+        "params_active": last["params_active"],
+    }
+
+
+def evaluated(run: Callable[..., StageResult]) -> Callable[..., StageResult]:
+    """Add held-out pass@1 of the stage's `model` output to its manifest metrics, and what the
+    stage added over the model it started from (its `start_pass@1`)."""
+
+    def run_and_evaluate(cfg, ctx: StageContext) -> StageResult:
+        result = run(cfg, ctx)
+        scores = pass_at_1(ctx.out_dir / result.outputs["model"], ctx.input("eval"), cfg.eval)
+        ctx.tracker.log({f"eval/{k}": v for k, v in scores.items()})
+        result.metrics.update(scores)
+        if "start_pass@1" in result.metrics:
+            result.metrics["pass@1_gain"] = scores["pass@1"] - result.metrics["start_pass@1"]
+        return result
+
+    return run_and_evaluate
+
+
+LM_KEYS = ("loss", "aux_loss", "tokens_per_s", "mfu", "max_attn_logit")
+
+
+def _train_lm(
+    cfg, ctx: StageContext, recipe: Recipe, section: StageTrainConfig, model: ModelConfig
+) -> StageResult:
+    last = fit(train_job(cfg, ctx, recipe=recipe, model=model, section=section, data="data"), ctx.tracker)
+    return StageResult(outputs={"model": "model"}, metrics=picked(last, LM_KEYS))
+
+
+def run_pretrain(cfg, ctx: StageContext) -> StageResult:
+    return _train_lm(cfg, ctx, PRETRAIN, cfg.pretrain, cfg.model)
+
+
+def run_sft(cfg, ctx: StageContext) -> StageResult:
+    start = replace(cfg.model, pretrained=str(ctx.input("start")))
+    return _train_lm(cfg, ctx, SFT, cfg.sft, start)

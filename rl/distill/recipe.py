@@ -1,0 +1,111 @@
+"""Distillation's recipe for the shared training loop: a teacher teaches a small student.
+
+The student shares the teacher's tokenizer; its batches come from the distillation manager
+(teacher- or student-sampled sequences, with the teacher's log-distributions when the loss needs
+them), its loss is one of `rl.distill.kd.KD_LOSSES`, and after each step its weights go to the student
+rollout workers (on-policy steps sample from them).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from rl.config import DistillConfig
+from rl.distill.kd import KD_LOSSES, top1_agreement
+from rl.rollout.learner import RolloutSource, WeightSync, align
+from rl.rollout.worker import Trajectory
+from rl.tokens import masked_mean
+from training.loop import Recipe, TrainJob
+from training.models import build_model
+from training.tokenizer import load_tokenizer
+
+
+@dataclass
+class DistillBatch:
+    """Right-padded prompt+completion sequences; per-target-token tensors are `(B, T-1)`."""
+
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T)
+    mask: torch.Tensor  # (B, T-1) float: 1 where the target token is a completion token
+    teacher_logprobs: torch.Tensor | None  # (B, T-1, V) log p_teacher, None for seq_kd
+    token_scale: float  # as PolicyBatch's: the step's loss is the mean over its completion tokens
+
+    def to(self, device) -> DistillBatch:
+        teacher = None if self.teacher_logprobs is None else self.teacher_logprobs.to(device)
+        return DistillBatch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.mask.to(device),
+            teacher,
+            self.token_scale,
+        )
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+def collate(trajectories: list[Trajectory], pad_id: int, token_scale: float) -> DistillBatch:
+    """The aligned sequences, plus the teacher's distributions at the same targets."""
+    ids, attn, mask = align(trajectories, pad_id)
+    teacher = None
+    if trajectories[0].teacher_logprobs is not None:
+        b, t = mask.shape
+        vocab = trajectories[0].teacher_logprobs.shape[-1]
+        # Uniform where there is no target: finite, and masked out of the loss anyway.
+        teacher = torch.full((b, t, vocab), -math.log(vocab))
+        for i, traj in enumerate(trajectories):
+            p = len(traj.prompt_ids)
+            teacher[i, p - 1 : p - 1 + len(traj.completion_ids)] = traj.teacher_logprobs
+    return DistillBatch(ids, attn, mask, teacher, token_scale)
+
+
+def kd_loss(model, batch: DistillBatch, *, cfg: DistillConfig):
+    """The configured KD loss, token-level over the step (plus the balance loss of an MoE student)."""
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    logits = out.logits[:, :-1]
+    teacher = batch.teacher_logprobs
+    if teacher is not None and teacher.shape[-1] != logits.shape[-1]:
+        raise ValueError(
+            f"teacher vocabulary {teacher.shape[-1]} != student's {logits.shape[-1]}: "
+            "distillation needs the student built on the teacher's tokenizer"
+        )
+    per_token = KD_LOSSES[cfg.loss].per_token(
+        logits, batch.input_ids[:, 1:], teacher, cfg.beta, cfg.temperature
+    )
+    loss = (per_token * batch.mask).sum() * batch.token_scale
+    metrics = {"kd_loss": float(masked_mean(per_token.detach(), batch.mask))}
+    if teacher is not None:
+        metrics["top1_agreement"] = float(masked_mean(top1_agreement(logits.detach(), teacher), batch.mask))
+    aux = getattr(out, "aux_loss", None)
+    if aux is not None:
+        loss = loss + getattr(getattr(model, "module", model).config, "router_aux_loss_coef", 0.0) * aux
+    return loss, metrics, getattr(out, "router_logits", None)
+
+
+def _distill_source(manager, job: TrainJob, tokenizer) -> RolloutSource:
+    return RolloutSource(
+        manager, job.train.micro_batch_per_worker, tokenizer.pad_token_id, collate_fn=collate
+    )
+
+
+def distill_recipe(cfg: DistillConfig, manager) -> Recipe:
+    return Recipe(
+        make_source=partial(_distill_source, manager),
+        loss=partial(kd_loss, cfg=cfg),
+        after_step=WeightSync(manager),
+    )
+
+
+def save_student_init(cfg: DistillConfig, tokenizer_dir: Path, out: Path) -> Path:
+    """The student's starting weights (fresh, or `student.pretrained`) with the tokenizer: the
+    student workers load it, and the baseline starts from the very same weights."""
+    tok = load_tokenizer(tokenizer_dir)
+    build_model(cfg.student, tok).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
