@@ -167,7 +167,7 @@ def run_plain(mcfg: ModelConfig, tcfg: TrainConfig, data: Path) -> dict:
 
 def bench_model(name: str, steps: int, data: Path, tmp: Path, peaks: dict) -> dict:
     mcfg = ModelConfig(**load_yaml("model", name))
-    tcfg = TrainConfig(**load_yaml("pretrain", "default"))
+    tcfg = TrainConfig(**load_yaml("pretrain", "default")["train"])
     # One checkpoint (the final step), no restarts; the worker's MFU uses the peak measured here.
     tcfg = replace(
         tcfg,

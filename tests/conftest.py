@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from cost_budget import Ledger
+from cost_budget import SESSION, Ledger
 
 from training.tracking import RUN_LEDGER_ENV, record_cost
 
@@ -26,7 +26,7 @@ def ray_session():
         # With the dashboard, as orchestration.cluster.connect starts it: Ray Train's placement
         # group cleaner needs the state API it serves.
         ray.init(num_cpus=4, include_dashboard=True, log_to_driver=False)
-        record_cost("ray_start", "test session")
+        record_cost("ray_start", SESSION)
     yield ray
     ray.shutdown()
 

@@ -83,9 +83,10 @@ class TrainConfig:
     # Cosine decay to lr * min_lr_ratio after `warmup_steps` of linear warmup.
     min_lr_ratio: float = 0.1
     warmup_steps: int = 10
-    # Gradient-norm clipping; 0 turns it off. Ignored with muonclip: DeepSpeed clips after Muon
-    # orthogonalises, which would shrink every Muon update (~40x measured here).
-    grad_clip: float = 1.0
+    # Gradient-norm clipping; 0 turns it off; null clips at 1.0 with adamw and not with muonclip,
+    # where DeepSpeed would clip after Muon orthogonalises and shrink every Muon update (~40x
+    # measured here): a value set with muonclip fails instead of being ignored.
+    grad_clip: float | None = None
     # Sequences per optimizer step summed over all workers; accumulation steps are derived.
     # null in rlvr and distill, whose batch is derived from their sampling knobs (see with_global_batch).
     global_batch_size: int | None = 32

@@ -68,7 +68,7 @@ def deepspeed_config(
         "gradient_accumulation_steps": train.accumulation_steps(world_size),
         # DeepSpeed clips after Muon has orthogonalised the update, shrinking it by the global
         # norm (~40x measured); MuonClip bounds its updates by construction instead.
-        "gradient_clipping": 0.0 if muon else train.grad_clip,
+        "gradient_clipping": gradient_clipping(train, muon),
         "zero_optimization": zero,
         "optimizer": optimizer_section(train, opt),
         "bf16": {"enabled": on_gpu and train.precision == "bf16"},
@@ -89,3 +89,15 @@ def deepspeed_config(
             "use_grouped_mm": ep.use_grouped_mm,
         }
     return cfg
+
+
+def gradient_clipping(train: TrainConfig, muon: bool) -> float:
+    """DeepSpeed's clip norm: `train.grad_clip`, by default 1.0 with AdamW and off with Muon."""
+    if not muon:
+        return 1.0 if train.grad_clip is None else train.grad_clip
+    if train.grad_clip:
+        raise ValueError(
+            f"grad_clip={train.grad_clip} has no effect with optimizer muonclip (DeepSpeed would clip after "
+            "Muon orthogonalises, shrinking every update); leave grad_clip unset or use optimizer adamw"
+        )
+    return 0.0

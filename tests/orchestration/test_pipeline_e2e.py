@@ -17,9 +17,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from transformers import AutoConfig
 
+from training.models import load_model
+from training.tokenizer import load_tokenizer
 from training.tracking import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,11 +40,14 @@ TINY = [
     "rlvr.prompts_per_step=4",
     "rlvr.group_size=8",
     "rlvr.max_new_tokens=16",
-    "distill.train.max_steps=2",
+    "distill.train.max_steps=3",
     "distill.prompts_per_step=4",
     "distill.train.micro_batch_per_worker=4",
     "distill.max_new_tokens=16",
-    "distill.compare_baseline=false",  # the baseline comparison has its own test (tests/rl/test_distill.py)
+    # GKD-style: at seed 0 and 0.5 the steps mix teacher and student samples.
+    "distill.on_policy_fraction=0.5",
+    "distill.num_teacher_workers=1",
+    "distill.num_student_workers=1",
     "distill.draft_eval_prompts=3",
     "eval.limit=10",
     "eval.max_new_tokens=16",
@@ -84,6 +90,31 @@ def _make_demo(checkout: Path, timeout: int) -> str:
     return console
 
 
+def _assert_distilled(run: Path, m: dict) -> None:
+    """The distill stage: a student and a same-init baseline, both trained and both drafting."""
+    student = load_model(run / "distill" / "model")
+    baseline = load_model(run / "distill" / "baseline" / "model")
+    assert student.config.model_type == baseline.config.model_type == "qwen3"
+    assert student.config.vocab_size == len(load_tokenizer(run / "distill" / "model"))
+    init = load_model(run / "_work" / "distill" / "student_init")
+    for trained in (student, baseline):  # both started from the saved init and moved away from it
+        assert any(
+            not torch.equal(a, b) for a, b in zip(trained.parameters(), init.parameters(), strict=True)
+        )
+    for prefix in ("", "baseline_"):
+        assert 0.0 <= m[f"{prefix}top1_agreement"] <= 1.0
+        assert 0.0 <= m[f"{prefix}acceptance_rate"] <= 1.0 and m[f"{prefix}speedup"] > 0
+        # Greedy speculative decoding reproduces the teacher's greedy output, whatever the draft.
+        assert m[f"{prefix}same_as_teacher"] == 1.0
+    assert 0.0 <= m["pass@1"] <= 1.0 and 0.0 <= m["baseline_pass@1"] <= 1.0 and "teacher_pass@1" in m
+    assert 0 < m["student_params"] < m["teacher_params"]
+    steps = [r for r in read_metrics(run / "distill") if "kd_loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    assert {r["on_policy"] for r in steps} == {0.0, 1.0}  # seed 0 at 0.5: teacher step, then student steps
+    assert all(r["teacher_logprob_bytes"] > 0 and 0 <= r["top1_agreement"] <= 1 for r in steps)
+    assert [r["step"] for r in read_metrics(run / "distill" / "baseline")] == [1, 2, 3]
+
+
 @pytest.mark.slow
 def test_make_demo_in_a_fresh_checkout_runs_every_stage_then_a_rerun_skips_them_all(tmp_path):
     checkout = _fresh_checkout(tmp_path / "rf")
@@ -108,10 +139,11 @@ def test_make_demo_in_a_fresh_checkout_runs_every_stage_then_a_rerun_skips_them_
         assert AutoConfig.from_pretrained(run / stage / "model").model_type == "qwen3_moe"
     assert m["sft"]["metrics"]["params_total"] > m["sft"]["metrics"]["params_active"]  # top-2 of 4 experts
     assert m["rlvr"]["metrics"]["steps"] == 2 and "pass@1_gain" in m["rlvr"]["metrics"]
-    assert [r["step"] for r in read_metrics(run / "rlvr") if "reward_mean" in r] == [1, 2]
-    assert AutoConfig.from_pretrained(run / "distill" / "model").model_type == "qwen3"
-    assert 0 < m["distill"]["metrics"]["student_params"] < m["distill"]["metrics"]["teacher_params"]
-    assert m["distill"]["metrics"]["same_as_teacher"] == 1.0  # greedy speculation is lossless
+    rl_rows = [r for r in read_metrics(run / "rlvr") if "reward_mean" in r]
+    assert [r["step"] for r in rl_rows] == [1, 2]
+    # rlvr.mode=sync (the default): step s trains on rollouts of version s, never stale.
+    assert [(r["rollout_staleness"], r["policy_version"]) for r in rl_rows] == [(0.0, 1), (0.0, 2)]
+    _assert_distilled(run, m["distill"]["metrics"])
     serve = m["serve"]["metrics"]
     assert serve["ok"] == serve["requests"] == 10 and 0.0 <= serve["endpoint_pass@1"] <= 1.0
     assert len((run / "serve" / "answers.jsonl").read_text().splitlines()) == 10

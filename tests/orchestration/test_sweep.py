@@ -47,9 +47,9 @@ BASE = [
     "eval.limit=4",
     "eval.max_new_tokens=8",
 ]
-# Two learning rates that train and two far too small to: with rungs at steps 2 and 4 and the
+# A learning rate that trains and two far too small to: with rungs at steps 2 and 4 and the
 # trials run one at a time in this order, ASHA must stop the tiny ones at the first rung.
-LRS = [3e-3, 1e-5, 1e-3, 3e-6]
+LRS = [3e-3, 1e-5, 3e-6]
 TINY_LRS = {1e-5, 3e-6}
 SWEEP = [
     "~sweep.space.model",

@@ -8,7 +8,7 @@ import torch._dynamo
 from deepspeed.runtime.zero.muon.original_muon import muon_update
 
 from training.config import ExpertParallelConfig, OptimizerConfig, TrainConfig, with_global_batch
-from training.deepspeed_config import autoep_size, deepspeed_config
+from training.deepspeed_config import autoep_size, deepspeed_config, gradient_clipping
 from training.optim import lr_factor
 
 
@@ -84,3 +84,12 @@ def test_a_derived_batch_set_by_hand_fails_instead_of_being_ignored():
         with_global_batch(TrainConfig(global_batch_size=32), 64, 2, source)
     with pytest.raises(ValueError, match="global_batch_size is not set"):
         TrainConfig(global_batch_size=None).accumulation_steps(2)
+
+
+def test_gradient_clipping_defaults_per_optimizer_and_refuses_a_clip_muon_would_ignore():
+    assert gradient_clipping(TrainConfig(), muon=False) == 1.0
+    assert gradient_clipping(TrainConfig(grad_clip=0.5), muon=False) == 0.5
+    assert gradient_clipping(TrainConfig(), muon=True) == 0.0
+    assert gradient_clipping(TrainConfig(grad_clip=0.0), muon=True) == 0.0
+    with pytest.raises(ValueError, match="grad_clip=1.0 has no effect with optimizer muonclip"):
+        gradient_clipping(TrainConfig(grad_clip=1.0), muon=True)
