@@ -25,22 +25,28 @@ class ActorGroup:
     def __init__(self, actors: list, *, recover: bool):
         self.actors = actors
         self.recover = recover
-        self.version = 0
         self.restarts = 0
-        self._weights: list = []  # [ObjectRef] of the latest weights (a list so Ray passes the ref)
+        # ([ObjectRef] of the latest weights (a list so Ray passes the ref), their version), set in
+        # one assignment: the recovery thread must never pair one push's weights with another's version.
+        self._latest: tuple[list, int] | None = None
+
+    @property
+    def version(self) -> int:
+        return self._latest[1] if self._latest else 0
 
     def __len__(self) -> int:
         return len(self.actors)
 
     def push(self, weights: list, version: int) -> None:
         """Install `weights` ([ObjectRef] of an HF state dict) as `version` on every worker."""
+        # Newest first: a share recovered while this push runs gets these weights, not older ones.
+        self._latest = (weights, version)
         pending = [a.load_weights.remote(weights[0], version) for a in self.actors]
         for i, ref in enumerate(pending):
             try:
                 ray.get(ref)
             except RayActorError:  # died or restarting: wait for Ray's restart, then install
                 self._on_worker(i, "load_weights", weights[0], version)
-        self._weights, self.version = weights, version
 
     def call(self, method: str, *args) -> list:
         """`method(*args)` on every worker, results in worker order."""
@@ -79,8 +85,8 @@ class ActorGroup:
             log.warning("worker %d died (%s); restarting it", i, type(err).__name__)
         for j in [i] + [j for j in range(len(self.actors)) if j != i]:
             try:
-                if self._weights:
-                    self._on_worker(j, "load_weights", self._weights[0], self.version)
+                if (latest := self._latest) is not None:
+                    self._on_worker(j, "load_weights", latest[0][0], latest[1])
                 return self._on_worker(j, "rollout", share, 0, params, seed)
             except RayActorError:
                 log.warning("worker %d unavailable for share %d; trying the next", j, i)

@@ -72,7 +72,11 @@ class RolloutWorker:
         return os.getpid()
 
     def load_weights(self, state: dict[str, torch.Tensor], version: int) -> int:
-        """Install the learner's weights (Hugging Face names) as policy `version`."""
+        """Install the learner's weights (Hugging Face names) as policy `version`; returns the
+        version held. Never goes back: a recovery that re-sends the weights it knew of can race
+        the push of a newer version (seen with async rollouts), and must not undo it."""
+        if version < self.version:
+            return self.version
         self.engine.model.load_state_dict(state, strict=True)
         self.version = version
         return version

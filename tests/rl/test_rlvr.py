@@ -173,3 +173,17 @@ def test_rewards_are_built_from_hydra_targets_and_score_by_the_verifier():
 def test_reward_specs_without_a_target_fail_naming_the_entry():
     with pytest.raises(ValueError, match=r"rlvr.rewards\[0\]"):
         instantiate_rewards([{"weight": 1.0}])
+
+
+def test_a_worker_never_goes_back_to_older_weights(policy_dir):
+    # A recovery re-sending the weights it knew of can race a push of newer ones (async rollouts):
+    # the worker keeps the newest, whichever call lands last.
+    from rl.rollout.worker import RolloutWorker
+
+    worker = RolloutWorker(str(policy_dir), [{"_target_": "rl.rollout.rewards.Correctness"}], 1.0)
+    newer = {k: v + 1.0 for k, v in worker.engine.model.state_dict().items()}
+    older = {k: v - 1.0 for k, v in newer.items()}
+    assert worker.load_weights(newer, 2) == 2
+    assert worker.load_weights(older, 1) == 2
+    for name, tensor in worker.engine.model.state_dict().items():
+        torch.testing.assert_close(tensor, newer[name], rtol=0, atol=0, msg=name)
