@@ -44,3 +44,16 @@ def test_cli_exits_nonzero_on_misspelt_key():
     )
     assert proc.returncode != 0
     assert "lrr" in proc.stderr and "pretrain" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("sweep.mode=up", "sweep.mode must be min or max"),
+        ("sweep.num_samples=0", "sweep.num_samples, sweep.grace_period and sweep.max_concurrent_trials"),
+        ("sweep.reduction_factor=1", "sweep.reduction_factor must be >= 2"),
+    ],
+)
+def test_bad_sweep_settings_fail_naming_the_key(override, message):
+    with pytest.raises(Exception, match=message):
+        compose([override])

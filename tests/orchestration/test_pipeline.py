@@ -14,7 +14,7 @@ import pytest
 
 from orchestration import pipeline
 from orchestration.cli import compose
-from orchestration.stages import STAGES, ConfigView, StageResult, StageSpec, first_of, optional
+from orchestration.stages import STAGES, ConfigView, StageContext, StageResult, StageSpec, first_of, optional
 
 CALLS: list[str] = []
 
@@ -275,3 +275,27 @@ def test_the_serve_stage_takes_the_rlvr_model_else_sft_and_names_what_is_missing
     inputs, sources = pipeline.resolve_inputs(STAGES["serve"], finished.get, tmp_path)
     assert sources == {"eval": "data", "model": "rlvr", "draft": "distill"}
     assert inputs["draft"] == tmp_path / "distill" / "model"
+
+
+def test_a_stage_that_declares_an_output_it_did_not_write_fails_and_publishes_nothing(
+    two_stages, monkeypatch
+):
+    cfg, run_dir = two_stages
+    (run_dir / ".produce.killed.partial").mkdir(parents=True)  # left by a killed attempt
+
+    def forgetful(cfg, ctx):
+        return StageResult(outputs={"numbers": "numbers.txt"})
+
+    monkeypatch.setitem(STAGES, "produce", StageSpec("produce", forgetful, reads=("task",)))
+    with pytest.raises(RuntimeError, match=r"declared outputs it did not write: \['numbers'\]"):
+        pipeline.run_pipeline(cfg("stages=[produce]"))
+    assert not (run_dir / "produce").exists() and not list(run_dir.glob(".produce.*"))
+
+
+def test_inputs_name_what_is_missing():
+    with pytest.raises(ValueError, match="'stage.output' strings"):
+        first_of("pretrain")
+    ctx = StageContext("serve", Path("/r"), Path("/o"), Path("/w"), tracker=None, inputs={"eval": Path("/e")})
+    with pytest.raises(KeyError, match=r"stage 'serve' has no input 'model' in this run; it has \['eval'\]"):
+        ctx.input("model")
+    assert ctx.source_metric("eval", "pass@1") is None

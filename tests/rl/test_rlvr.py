@@ -187,3 +187,26 @@ def test_a_worker_never_goes_back_to_older_weights(policy_dir):
     assert worker.load_weights(older, 1) == 2
     for name, tensor in worker.engine.model.state_dict().items():
         torch.testing.assert_close(tensor, newer[name], rtol=0, atol=0, msg=name)
+
+
+def test_an_actor_group_regenerates_a_killed_workers_share_with_the_latest_weights(data_dir, policy_dir):
+    from rl.rollout.actor_group import ActorGroup
+    from rl.rollout.manager import load_prompt_rows
+    from rl.rollout.worker import RolloutParams, rollout_worker_class
+    from training.models import load_model
+
+    correctness = [{"_target_": "rl.rollout.rewards.Correctness"}]
+    worker_cls = rollout_worker_class(num_cpus=0.5, num_gpus=0, max_restarts=2)
+    group = ActorGroup([worker_cls.remote(str(policy_dir), correctness, 1.0) for _ in range(2)], recover=True)
+    try:
+        newer = {k: v + 0.01 for k, v in load_model(policy_dir).state_dict().items()}
+        group.push([ray.put(newer)], 1)
+        rows = load_prompt_rows(str(data_dir / "rl"))[:4]
+        # Worker 0 exits mid-call: Ray restarts it with the starting weights; the group installs
+        # version 1 again before it regenerates the share.
+        trajectories, batches = group.sample(rows, RolloutParams(2, 4, 1.0), lambda i: 7 + i, die=True)
+        assert group.restarts == 1 and [b.version for b in batches] == [1, 1]
+        assert [t.prompt_index for t in trajectories] == [0, 0, 1, 1, 2, 2, 3, 3]  # prompt order kept
+        assert [version for version, _ in group.call("state_dict")] == [1, 1]
+    finally:
+        group.kill()

@@ -105,3 +105,12 @@ def test_serve_stage_scores_the_endpoints_answers_and_deletes_the_app(ray_sessio
     assert app["args"]["api_key_file"] == str(tmp_path / "keys")
     built = call_user_app_builder_with_args_if_necessary(import_attr(app["import_path"]), app["args"])
     assert isinstance(built, Application)  # every ServeConfig field it wrote is accepted
+
+
+def test_the_keep_alive_hint_names_the_key_by_variable_never_by_value(capsys):
+    serve_stage._announce("http://127.0.0.1:8000", "reasonforge", keyed=True)
+    keyed = capsys.readouterr().out
+    assert "Authorization: Bearer $API_KEY" in keyed and "os.environ['API_KEY']" in keyed
+    serve_stage._announce("http://127.0.0.1:8000", "reasonforge", keyed=False)
+    open_ = capsys.readouterr().out
+    assert "Authorization" not in open_ and "api_key='none'" in open_
