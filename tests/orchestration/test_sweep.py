@@ -20,7 +20,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from ray import tune
 
-from orchestration.search_space import parse_space, parse_value, render_value
+from orchestration.search_space import normalise_override, parse_space, parse_value, render_value
 from orchestration.sweep import compose_sweep, plan_sweep, run_sweep
 from training.tracking import read_metrics
 
@@ -280,3 +280,34 @@ def test_best_overrides_rerun_through_reasonforge_reproduce_the_best_metric(swee
     rerun = read_metrics(sweep_run.root / "s" / "pretrain")
     at_best_step = [r["eval_loss"] for r in rerun if r.get("step") == best["step"] and "eval_loss" in r]
     assert at_best_step == [pytest.approx(best["value"], rel=1e-5)]
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ({}, "sweep.space is empty"),
+        (
+            {"pretrain": {"train": {"lr": "uniform(1, 2)"}}, "pretrain.train.lr": "uniform(1, 2)"},
+            "given twice",
+        ),
+        ({"model.num_experts": "choice(4)"}, "expected one non-empty list of values"),
+        ({"pretrain.train.warmup_steps": "randint(1.5, 4)"}, "expected two integers"),
+        ({"pretrain.train.lr": "uniform(3, 1)"}, "low must be below high"),
+        ({"pretrain.train.lr": "uniform(1, [)"}, "cannot read the arguments"),
+    ],
+)
+def test_malformed_spaces_fail_naming_the_key(space, message):
+    with pytest.raises(ValueError, match=message):
+        parse_space(space)
+
+
+def test_overrides_are_written_without_spaces_and_sweeps_are_refused():
+    assert render_value({"a": [1, None, True]}) == "{a:[1,null,true]}"
+    assert normalise_override("task.tasks=[arithmetic, countdown]") == "task.tasks=[arithmetic,countdown]"
+    assert normalise_override("~sweep.space.model") == "~sweep.space.model"
+    with pytest.raises(ValueError, match="is a Hydra sweep"):
+        normalise_override("pretrain.train.lr=1e-3,1e-4")
+    with pytest.raises(ValueError, match=r"override 'pretrain.train.lr=\['"):
+        normalise_override("pretrain.train.lr=[")
+    with pytest.raises(ValueError, match="without spaces or quotes"):
+        render_value("it's a b")
