@@ -30,10 +30,6 @@ class ActorGroup:
         # one assignment: the recovery thread must never pair one push's weights with another's version.
         self._latest: tuple[list, int] | None = None
 
-    @property
-    def version(self) -> int:
-        return self._latest[1] if self._latest else 0
-
     def __len__(self) -> int:
         return len(self.actors)
 
