@@ -23,6 +23,7 @@ PATH_FIELDS = (
     "model.pretrained",
     "distill.student.pretrained",
     "task.gsm8k_files",
+    "task.dataset.files",
     "serve.api_key_file",
 )
 

@@ -4,7 +4,7 @@ Importing this package registers every built-in task; `verify(task, completion, 
 scores a completion for any of them.
 """
 
-from rl.tasks import arithmetic, countdown, gsm8k  # noqa: F401  (registers the built-in tasks)
+from rl.tasks import arithmetic, countdown, dataset, gsm8k, reasoning_gym  # noqa: F401  (registers the built-in tasks)
 from rl.tasks.base import Sample, Task, available_tasks, generate_block, get_task, register_task, verify
 
 __all__ = ["Sample", "Task", "available_tasks", "generate_block", "get_task", "register_task", "verify"]

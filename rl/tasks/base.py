@@ -26,14 +26,25 @@ class Sample:
     answer: str
     # JSON-serialisable data the verifier or an analysis needs (e.g. countdown's numbers).
     meta: dict[str, Any] = field(default_factory=dict)
+    # The turns before the answer when there is more than the one user question `prompt`: OpenAI-
+    # style `{"role", "content"}` dicts (a system turn, earlier user/assistant turns), ending with
+    # the user turn whose content is `prompt`. None: the conversation is just `prompt`.
+    messages: list[dict[str, str]] | None = None
 
     @classmethod
     def create(
-        cls, task: str, key: str, prompt: str, solution: str, answer: str, meta: dict[str, Any] | None = None
+        cls,
+        task: str,
+        key: str,
+        prompt: str,
+        solution: str,
+        answer: str,
+        meta: dict[str, Any] | None = None,
+        messages: list[dict[str, str]] | None = None,
     ) -> Sample:
         """A sample whose id derives from `key`, the problem's canonical form (equal problems, equal keys)."""
         digest = hashlib.sha256(f"{task}\x00{key}".encode()).hexdigest()[:16]
-        return cls(f"{task}-{digest}", task, prompt, solution, answer, dict(meta or {}))
+        return cls(f"{task}-{digest}", task, prompt, solution, answer, dict(meta or {}), messages)
 
 
 class Task:

@@ -8,6 +8,18 @@ Lists, not dicts, hold the task mixture because OmegaConf merges dicts key by ke
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+# Data shipped inside the package (rl/tasks/data/), found wherever the package is installed.
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+# `${task_data:gsm8k/train.jsonl}` in conf/task/*.yaml: a shipped file's absolute path. A plain
+# relative path would be resolved against the user's working directory (orchestration/paths.py).
+if not OmegaConf.has_resolver("task_data"):
+    OmegaConf.register_new_resolver("task_data", lambda relative: str(DATA_DIR / relative))
 
 
 def _check_range(name: str, value: list[int], low: int) -> None:
@@ -59,8 +71,66 @@ class CountdownConfig:
 
 
 @dataclass
+class DatasetColumns:
+    """Where each field of a record is; a file holds prompt/completion records or messages records,
+    told apart by whether it has the `messages` column."""
+
+    # The question, a string (prompt/completion records).
+    prompt: str = "prompt"
+    # The reference completion, a string used verbatim as the SFT target (prompt/completion records).
+    completion: str = "completion"
+    # The reference answer the verifier compares against: a string, a list of strings (joined one per
+    # line: the code verifier's test statements) or another JSON value (kept as its JSON text).
+    # null: no answers, allowed only with task.rl_prompts=0 and task.eval_prompts=0.
+    answer: str | None = "answer"
+    # OpenAI-style turns `[{"role", "content"}, ...]`: an optional system turn, then user/assistant
+    # turns; a final assistant turn is the completion, the last user turn the prompt.
+    messages: str = "messages"
+
+
+@dataclass
+class DatasetConfig:
+    """The `dataset` task: the user's own problems, from local files or the Hugging Face hub."""
+
+    # Local .jsonl, .json or .parquet files, or directories written by `datasets.save_to_disk`.
+    files: list[str] = field(default_factory=list)
+    # A Hugging Face hub dataset name ("openai/gsm8k"), read with `datasets.load_dataset`; needs a
+    # network (or a warm hub cache). Either `files` or `hub`, not both.
+    hub: str | None = None
+    # The hub dataset's configuration name ("main" for openai/gsm8k); null: its default.
+    hub_config: str | None = None
+    # The split read from a hub dataset or from a `save_to_disk` directory holding several splits.
+    split: str = "train"
+    # Column names in the records (see DatasetColumns).
+    columns: DatasetColumns = field(default_factory=DatasetColumns)
+    # How completions are scored against the answer column: exact (stripped string equality of the
+    # `<answer>` text), numeric, math (math-verify equivalence) or code (runs the answer's tests).
+    # exact and numeric read `<answer>…</answer>`, so the completions should end in one.
+    verifier: str = "exact"
+
+    def __post_init__(self) -> None:
+        from rl.tasks.dataset import VERIFIERS  # the registry imports this module
+
+        if self.verifier not in VERIFIERS:
+            raise ValueError(f"task.dataset.verifier={self.verifier!r} is not one of {sorted(VERIFIERS)}")
+
+
+@dataclass
+class ReasoningGymConfig:
+    """The `reasoning_gym` task: problems from one of reasoning-gym's procedural generators."""
+
+    # A registered reasoning-gym dataset name (`reasoning_gym.factory.DATASETS`), e.g. chain_sum,
+    # leg_counting, basic_arithmetic.
+    dataset: str = "chain_sum"
+    # Keyword arguments of that dataset's config class (difficulty ranges and the like), e.g.
+    # {min_terms: 2, max_terms: 4}; `seed` and `size` are set per block and may not appear.
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class TaskConfig:
-    # Task names (see `rl.tasks.available_tasks()`): arithmetic, countdown, gsm8k.
+    # Task names (see `rl.tasks.available_tasks()`): arithmetic, countdown, gsm8k, dataset,
+    # reasoning_gym.
     tasks: list[str] = field(default_factory=lambda: ["arithmetic"])
     # Mixture weight of each entry of `tasks`, same order; empty means equal weights.
     weights: list[float] = field(default_factory=list)
@@ -80,6 +150,10 @@ class TaskConfig:
     # Local GSM8K-style files (JSONL or parquet with `question` and `answer` "...#### final"
     # columns) for the gsm8k task. Nothing is downloaded.
     gsm8k_files: list[str] = field(default_factory=list)
+    # A system turn put before every prompt (pretrain, SFT, RL, eval), rendered by the tokenizer's
+    # chat template; null: none (a pretrained model's template may still add its own default, as
+    # SmolLM2's does). A record's own system message (a `messages` dataset) takes precedence.
+    system_prompt: str | None = None
     # Upper bound on the trained tokenizer's vocabulary, special and format tokens included; the
     # model's embedding size should be `len(tokenizer)`, which can be smaller on a small corpus.
     vocab_size: int = 512
@@ -90,6 +164,10 @@ class TaskConfig:
     arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
     # Difficulty of the countdown task.
     countdown: CountdownConfig = field(default_factory=CountdownConfig)
+    # Source, columns and verifier of the `dataset` task (the user's own data).
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    # Generator and its settings for the `reasoning_gym` task.
+    reasoning_gym: ReasoningGymConfig = field(default_factory=ReasoningGymConfig)
 
     def __post_init__(self) -> None:
         if not self.tasks or len(set(self.tasks)) != len(self.tasks):
@@ -115,12 +193,32 @@ class TaskConfig:
                 "task.tasks includes gsm8k but task.gsm8k_files is empty; list local JSONL or parquet "
                 "files with `question` and `answer` columns (nothing is downloaded)"
             )
+        if "dataset" in self.tasks:
+            self._check_dataset()
+        if "reasoning_gym" in self.tasks:
+            from rl.tasks.reasoning_gym import check_generator  # imports reasoning-gym, ~2 s
+
+            check_generator(self.reasoning_gym)
         if self.vocab_size < 300:
             raise ValueError(
                 f"task.vocab_size must be >= 300 (256 byte tokens + special and format tokens); got {self.vocab_size}"
             )
         if self.block_size < 1:
             raise ValueError(f"task.block_size must be >= 1; got {self.block_size}")
+
+    def _check_dataset(self) -> None:
+        if bool(self.dataset.files) == (self.dataset.hub is not None):
+            raise ValueError(
+                "task.tasks includes dataset, which needs exactly one source: task.dataset.files (local "
+                ".jsonl/.json/.parquet files or save_to_disk directories) or task.dataset.hub (a hub "
+                f"dataset name); got files={self.dataset.files} and hub={self.dataset.hub!r}"
+            )
+        if self.dataset.columns.answer is None and self.rl_prompts + self.eval_prompts > 0:
+            raise ValueError(
+                "task.dataset.columns.answer is null, but task.rl_prompts="
+                f"{self.rl_prompts} and task.eval_prompts={self.eval_prompts} ask for prompts the "
+                "verifier scores against an answer: name the answer column, or set both counts to 0"
+            )
 
     def mixture(self) -> dict[str, float]:
         """Task name -> normalised weight."""

@@ -1,7 +1,9 @@
 """GSM8K-style word problems read from local files (`task.gsm8k_files`); nothing is downloaded.
 
-A record is `{"question": ..., "answer": "reasoning lines\\n#### final"}`, the layout of the
-GSM8K release, in JSONL or parquet. The reasoning becomes the think block with GSM8K's calculator
+The GSM8K release itself ships in the package (`SHIPPED_DIR`: train.jsonl and test.jsonl, MIT,
+OpenAI 2021), and `conf/task/gsm8k.yaml` reads its train split unless told otherwise. A record
+is `{"question": ..., "answer": "reasoning lines\\n#### final"}`, the layout of the GSM8K
+release, in JSONL or parquet. The reasoning becomes the think block with GSM8K's calculator
 annotations (`<<48/2=24>>`) removed, and the final number, thousands separators dropped, the
 answer. Which problems are held out is decided by the data stage's hash split like any other task,
 not by the file a record came from.
@@ -17,9 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from rl.tasks.base import Sample, Task, register_task
+from rl.tasks.config import DATA_DIR
 from rl.tasks.format import format_solution
 from rl.tasks.numeric import parse_number, verify_numeric
 
+# The GSM8K release (openai/grade-school-math): train.jsonl (7473 problems), test.jsonl (1319).
+SHIPPED_DIR = DATA_DIR / "gsm8k"
 # File suffix -> the `datasets` builder that reads it.
 _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 _COLUMNS = ("question", "answer")

@@ -19,9 +19,9 @@ from training.tracking import LoggingConfig, Tracker, read_metrics
 
 COLUMNS = {
     "pretrain": ["text"],
-    "sft": ["id", "task", "question", "prompt", "completion", "answer", "meta"],
-    "rl": ["id", "task", "question", "prompt", "answer", "meta"],
-    "eval": ["id", "task", "question", "prompt", "answer", "meta"],
+    "sft": ["id", "task", "question", "messages", "prompt", "completion", "answer", "meta"],
+    "rl": ["id", "task", "question", "messages", "prompt", "answer", "meta"],
+    "eval": ["id", "task", "question", "messages", "prompt", "answer", "meta"],
 }
 COUNTS = {"pretrain": 120, "sft": 40, "rl": 24, "eval": 24}
 
@@ -41,7 +41,7 @@ def tiny(seed: int = 0, **overrides) -> TaskConfig:
 
 def run_stage(root: Path, task: TaskConfig):
     """Run the real stage as the pipeline would: a DictConfig root, a real context and tracker."""
-    cfg = OmegaConf.create({"task": OmegaConf.structured(task)})
+    cfg = OmegaConf.create({"task": OmegaConf.structured(task), "model": {"pretrained": None}})
     tracker = Tracker(root / "out", "test/data", LoggingConfig(wandb_mode="disabled", progress=False))
     ctx = StageContext(
         name="data", run_dir=root, out_dir=root / "out", work_dir=root / "work", tracker=tracker
@@ -91,6 +91,7 @@ def test_stage_writes_every_dataset_with_the_documented_columns_and_counts(runs)
         )
     for row in data["sft"] + data["rl"] + data["eval"]:
         assert row["prompt"] == f"<|user|>\n{row['question']}\n<|assistant|>\n"
+        assert json.loads(row["messages"]) == [{"role": "user", "content": row["question"]}]
         assert isinstance(json.loads(row["meta"]), dict)
 
 
@@ -231,7 +232,8 @@ def test_task_config_from_hydra_is_validated_with_the_field_named():
     with pytest.raises(Exception, match="seeed"):
         datagen.as_task_config(OmegaConf.create({"seeed": 3}))
     with pytest.raises(
-        KeyError, match=r"unknown task 'sudoku'; registered tasks: \['arithmetic', 'countdown', 'gsm8k'\]"
+        KeyError,
+        match=r"unknown task 'sudoku'; registered tasks: \['arithmetic', 'countdown', 'dataset', 'gsm8k', 'reasoning_gym'\]",
     ):
         datagen.draw_samples(OmegaConf.create({"tasks": ["sudoku"]}), None)
 

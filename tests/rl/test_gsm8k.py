@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from rl.tasks import verify
 from rl.tasks.config import TaskConfig
-from rl.tasks.gsm8k import Gsm8kTask, load_samples
+from rl.tasks.gsm8k import SHIPPED_DIR, Gsm8kTask, load_samples
 from rl.tasks.numeric import parse_number
 
 RECORDS = [
@@ -97,6 +97,24 @@ def test_blocks_follow_a_seeded_order_and_end_when_the_files_run_out(tmp_path):
     assert sorted(s.answer for s in seed0) == sorted(str(i + 1) for i in range(20))
     assert seed0 == task.block(0, 0, 20)
     assert [s.id for s in seed0] != [s.id for s in task.block(1, 0, 20)]
+
+
+def test_the_shipped_release_loads_with_its_record_counts_and_answers():
+    train = load_samples([str(SHIPPED_DIR / "train.jsonl")])
+    test = load_samples([str(SHIPPED_DIR / "test.jsonl")])
+    assert (len(train), len(test)) == (7473, 1319)
+    assert (train[0].prompt, train[0].answer) == (RECORDS[0]["question"], "72")  # Natalia's clips
+    assert verify("gsm8k", train[0].solution, train[0].answer, train[0].meta) == 1.0
+    assert test[0].prompt.startswith("Janet’s ducks lay 16 eggs per day.") and test[0].answer == "18"
+    assert (SHIPPED_DIR / "LICENSE").read_text().startswith("MIT License")
+
+
+def test_task_gsm8k_reads_the_shipped_train_file_from_any_directory(tmp_path, monkeypatch):
+    from orchestration.cli import compose
+
+    monkeypatch.chdir(tmp_path)
+    files = compose(["task=gsm8k"]).task.gsm8k_files
+    assert files == [str(SHIPPED_DIR / "train.jsonl")] and (SHIPPED_DIR / "train.jsonl").is_file()
 
 
 numbers = st.fractions(min_value=-(10**6), max_value=10**6, max_denominator=1).map(int) | st.decimals(
