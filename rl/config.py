@@ -17,7 +17,7 @@ class EvalConfig:
     batch_size: int = 64
 
 
-# KD losses by name -> whether the teacher workers must score every token (full-vocabulary
+# KD losses by name -> whether the teacher workers must score every token (their top-k
 # log-probabilities). The losses themselves are rl/distill/kd.py's KD_LOSSES, which must offer exactly
 # these (tests/rl/test_kd.py); named here so that composing a config imports no torch.
 KD_LOSS_NEEDS_TEACHER = {"seq_kd": False, "forward_kl": True, "reverse_kl": True, "jsd": True}
@@ -117,8 +117,15 @@ class DistillConfig(StageTrainConfig):
     loss: str = "forward_kl"
     # jsd's weight of the teacher in the mixture, in (0, 1); 0.5 is the symmetric JSD.
     beta: float = 0.5
-    # Softmax temperature of the token-level losses (which are scaled by its square).
+    # Softmax temperature of the token-level losses (which are scaled by its square). The teacher
+    # workers apply it before taking their top-k: truncated log-probs cannot be softened exactly.
     temperature: float = 1.0
+    # The token-level losses see the teacher's kd_top_k most likely tokens at each position plus one
+    # tail bucket holding the rest of its mass (rl.distill.kd); null ships the whole vocabulary
+    # (exact, but V values and V ids a token). 64 ships 512 bytes a token instead of 196,608 at
+    # V = 49152, while a trained teacher, peaked at most positions, leaves little mass to the tail
+    # bucket, which still charges the student for what it puts there.
+    kd_top_k: int | None = 64
     # GKD's lambda: the share of steps (drawn by seed) whose sequences the student samples, with the
     # learner's latest weights, for the teacher to score; the teacher samples the rest.
     on_policy_fraction: float = 0.0
@@ -161,6 +168,7 @@ class DistillConfig(StageTrainConfig):
         checks = {
             "beta": 0.0 < self.beta < 1.0,
             "temperature": self.temperature > 0,
+            "kd_top_k": self.kd_top_k is None or self.kd_top_k >= 1,
             "on_policy_fraction": 0.0 <= self.on_policy_fraction <= 1.0,
             "mode": self.mode in ("sync", "async"),
             "max_staleness": self.max_staleness >= 1 or self.mode == "sync",
@@ -181,6 +189,7 @@ class DistillConfig(StageTrainConfig):
         if bad:
             raise ValueError(
                 f"distill: invalid {', '.join(f'{b}={getattr(self, b)!r}' for b in bad)}; expected "
-                "0<beta<1, temperature>0, 0<=on_policy_fraction<=1, mode sync or async, max_staleness>=1 "
-                "in async mode, sample_temperature>=0, prompts_split rl or sft, and counts >= 1"
+                "0<beta<1, temperature>0, kd_top_k>=1 or null, 0<=on_policy_fraction<=1, mode sync or "
+                "async, max_staleness>=1 in async mode, sample_temperature>=0, prompts_split rl or sft, "
+                "and counts >= 1"
             )

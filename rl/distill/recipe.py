@@ -1,9 +1,9 @@
 """Distillation's recipe for the shared training loop: a teacher teaches a small student.
 
 The student shares the teacher's tokenizer; its batches come from the distillation manager
-(teacher- or student-sampled sequences, with the teacher's log-distributions when the loss needs
-them), its loss is one of `rl.distill.kd.KD_LOSSES`, and after each step its weights go to the student
-rollout workers (on-policy steps sample from them).
+(teacher- or student-sampled sequences, with the teacher's top-k log-probabilities when the loss
+needs them), its loss is one of `rl.distill.kd.KD_LOSSES`, and after each step its weights go to the
+student rollout workers (on-policy steps sample from them).
 """
 
 from __future__ import annotations
@@ -32,16 +32,19 @@ class DistillBatch:
     input_ids: torch.Tensor  # (B, T)
     attention_mask: torch.Tensor  # (B, T)
     mask: torch.Tensor  # (B, T-1) float: 1 where the target token is a completion token
-    teacher_logprobs: torch.Tensor | None  # (B, T-1, V) log p_teacher, None for seq_kd
+    # (B, T-1, k) the teacher's k largest log p_teacher (at the distillation temperature) and
+    # (B, T-1, k) int32 their token ids; None for seq_kd.
+    teacher_logprobs: torch.Tensor | None
+    teacher_ids: torch.Tensor | None
     token_scale: float  # as PolicyBatch's: the step's loss is the mean over its completion tokens
 
     def to(self, device) -> DistillBatch:
-        teacher = None if self.teacher_logprobs is None else self.teacher_logprobs.to(device)
+        teacher = [None if x is None else x.to(device) for x in (self.teacher_logprobs, self.teacher_ids)]
         return DistillBatch(
             self.input_ids.to(device),
             self.attention_mask.to(device),
             self.mask.to(device),
-            teacher,
+            *teacher,
             self.token_scale,
         )
 
@@ -51,37 +54,39 @@ class DistillBatch:
 
 
 def collate(trajectories: list[Trajectory], pad_id: int, token_scale: float) -> DistillBatch:
-    """The aligned sequences, plus the teacher's distributions at the same targets."""
+    """The aligned sequences, plus the teacher's top-k at the same targets."""
     ids, attn, mask = align(trajectories, pad_id)
-    teacher = None
-    if trajectories[0].teacher_logprobs is not None:
-        b, t = mask.shape
-        vocab = trajectories[0].teacher_logprobs.shape[-1]
-        # Uniform where there is no target: finite, and masked out of the loss anyway.
-        teacher = torch.full((b, t, vocab), -math.log(vocab))
-        for i, traj in enumerate(trajectories):
-            p = len(traj.prompt_ids)
-            teacher[i, p - 1 : p - 1 + len(traj.completion_ids)] = traj.teacher_logprobs
-    return DistillBatch(ids, attn, mask, teacher, token_scale)
+    if trajectories[0].teacher_logprobs is None:
+        return DistillBatch(ids, attn, mask, None, None, token_scale)
+    (b, t), k = mask.shape, trajectories[0].teacher_logprobs.shape[-1]
+    # Uniform over tokens 0..k-1 where there is no target: finite (a NaN would survive the mask's
+    # zero), and masked out of the loss anyway.
+    values = torch.full((b, t, k), -math.log(k))
+    top_ids = torch.arange(k, dtype=torch.int32).expand(b, t, k).clone()
+    for i, traj in enumerate(trajectories):
+        rows = slice(len(traj.prompt_ids) - 1, len(traj.prompt_ids) - 1 + len(traj.completion_ids))
+        values[i, rows], top_ids[i, rows] = traj.teacher_logprobs, traj.teacher_ids
+    return DistillBatch(ids, attn, mask, values, top_ids, token_scale)
 
 
 def kd_loss(model, batch: DistillBatch, *, cfg: DistillConfig):
     """The configured KD loss, token-level over the step (plus the balance loss of an MoE student)."""
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
     logits = out.logits[:, :-1]
-    teacher = batch.teacher_logprobs
-    if teacher is not None and teacher.shape[-1] != logits.shape[-1]:
+    teacher, teacher_ids = batch.teacher_logprobs, batch.teacher_ids
+    if teacher_ids is not None and int(teacher_ids.max()) >= logits.shape[-1]:
         raise ValueError(
-            f"teacher vocabulary {teacher.shape[-1]} != student's {logits.shape[-1]}: "
-            "distillation needs the student built on the teacher's tokenizer"
+            f"teacher token id {int(teacher_ids.max())} is outside the student's vocabulary of "
+            f"{logits.shape[-1]}: distillation needs the student built on the teacher's tokenizer"
         )
     per_token = KD_LOSSES[cfg.loss].per_token(
-        logits, batch.input_ids[:, 1:], teacher, cfg.beta, cfg.temperature
+        logits, batch.input_ids[:, 1:], teacher, teacher_ids, cfg.beta, cfg.temperature
     )
     loss = (per_token * batch.mask).sum() * batch.token_scale
     metrics = {"kd_loss": float(masked_mean(per_token.detach(), batch.mask))}
     if teacher is not None:
-        metrics["top1_agreement"] = float(masked_mean(top1_agreement(logits.detach(), teacher), batch.mask))
+        agree = top1_agreement(logits.detach(), teacher, teacher_ids)
+        metrics["top1_agreement"] = float(masked_mean(agree, batch.mask))
     aux = getattr(out, "aux_loss", None)
     if aux is not None:
         loss = loss + getattr(getattr(model, "module", model).config, "router_aux_loss_coef", 0.0) * aux

@@ -3,8 +3,10 @@
 A step's sequences are sampled by the teacher workers (sequence-level KD, or logit KD on teacher
 outputs), or, on a share `on_policy_fraction` of the steps drawn by seed, by student rollout
 workers holding the learner's latest weights (on-policy distillation: GKD's lambda). When the loss
-needs them, the teacher workers then score every completion token of the step once, in batches,
-and each learner rank receives only its share.
+needs them, the teacher workers then score every completion token of the step once, in batches:
+the teacher's `distill.kd_top_k` most likely tokens and their log-probabilities at the distillation
+temperature (rl.distill.kd says why not the whole vocabulary). Each learner rank receives only its
+share.
 
 The rollout manager runs it: the per-step hand-out to the ranks, the weight push to the student
 workers after each step, async prefetch and the recovery of a dead student worker are its own.
@@ -92,19 +94,22 @@ class DistillSampler:
         return StepRollouts(step, trajectories, version, wall, metrics)
 
     def _score(self, trajectories: list[Trajectory]) -> int:
-        """Attach the teacher's log-distributions, each teacher scoring a contiguous slice; bytes."""
+        """Attach the teacher's top-k, each teacher scoring a contiguous slice; the bytes shipped."""
         teachers, n = self.teachers.actors, len(trajectories)
-        k = len(teachers)
-        bounds = [n * i // k for i in range(k + 1)]
+        bounds = [n * i // len(teachers) for i in range(len(teachers) + 1)]
         refs = [
-            teachers[i].score.remote([(t.prompt_ids, t.completion_ids) for t in trajectories[a:b]])
+            teachers[i].score.remote(
+                [(t.prompt_ids, t.completion_ids) for t in trajectories[a:b]],
+                self.cfg.kd_top_k,
+                self.cfg.temperature,
+            )
             for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False))
             if b > a
         ]
-        scored = [lp for part in ray.get(refs) for lp in part]
-        for t, lp in zip(trajectories, scored, strict=True):
-            t.teacher_logprobs = lp
-        return sum(lp.numel() * lp.element_size() for lp in scored)
+        scored = [topk for part in ray.get(refs) for topk in part]
+        for t, (values, ids) in zip(trajectories, scored, strict=True):
+            t.teacher_logprobs, t.teacher_ids = values, ids
+        return sum(x.numel() * x.element_size() for topk in scored for x in topk)
 
 
 def start_distill_manager(cfg: DistillConfig, teacher_dir: str, student_dir: str, prompts_dir: str):

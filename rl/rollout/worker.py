@@ -25,8 +25,10 @@ class Trajectory:
     correct: bool
     ref_logprobs: list[float] | None = None  # the frozen reference's, when a KL term is on
     advantage: float = 0.0  # set by the rollout manager once the whole group is in
-    # (C, V) a teacher's full log-distribution at each completion token, when distilling.
+    # When distilling, at each completion token: (C, k) a teacher's k largest log-probabilities (at
+    # the distillation temperature, most likely first) and (C, k) int32 their token ids.
     teacher_logprobs: torch.Tensor | None = None
+    teacher_ids: torch.Tensor | None = None
 
 
 @dataclass

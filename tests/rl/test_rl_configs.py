@@ -32,6 +32,7 @@ from rl.tasks.config import ArithmeticConfig, CountdownConfig, TaskConfig
         (lambda: RlvrConfig(optimizer="sgd"), r"optimizer must be one of \('muonclip', 'adamw'\) or null"),
         (lambda: DistillConfig(loss="mse"), r"distill.loss='mse' is not one of"),
         (lambda: DistillConfig(prompts_split="eval"), r"prompts_split='eval'"),
+        (lambda: DistillConfig(kd_top_k=0), r"kd_top_k=0; expected .*kd_top_k>=1 or null"),
     ],
 )
 def test_bad_settings_fail_naming_the_key(build, message):
