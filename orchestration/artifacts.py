@@ -80,6 +80,8 @@ class Manifest:
     wall_time_s: float
     finished_at: str
     versions: dict[str, str] = field(default_factory=dict)
+    # input name -> where it came from: "<stage>.<output>", or "config:<field>" (a user's path).
+    sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str:

@@ -13,14 +13,16 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, is_dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from orchestration.artifacts import MANIFEST, Manifest, hash_json, hash_path, layout_of, versions
 from orchestration.atomic import atomic_dir, atomic_write_json
 from orchestration.cluster import connect
 from orchestration.config import RootConfig
+from orchestration.model_sources import localize
 from orchestration.report import key_metric
 from orchestration.stages import STAGES, StageContext, StageSpec
 from orchestration.storage import open_storage
@@ -38,16 +40,25 @@ def resolve_stages(names: list[str]) -> list[StageSpec]:
 
 
 def config_slice(cfg: RootConfig, keys: tuple[str, ...]) -> dict:
-    return {k: asdict(v) if is_dataclass(v) else v for k, v in ((k, getattr(cfg, k)) for k in keys)}
+    """The values of `keys` (sections, or dotted fields such as "model.pretrained")."""
+
+    def value(dotted: str):
+        node = cfg
+        for part in dotted.split("."):
+            node = getattr(node, part)
+        return asdict(node) if is_dataclass(node) else node
+
+    return {k: value(k) for k in keys}
 
 
 def run_pipeline(cfg: RootConfig) -> dict[str, Manifest]:
     """Run `cfg.stages`; returns each stage's manifest (fresh or reused)."""
-    specs = resolve_stages(cfg.stages)
+    selected = resolve_stages(cfg.stages)
     storage = open_storage(cfg.cluster.storage_path, cfg.cluster.staging_dir)
     run_dir = storage.run_dir(cfg.run_name)
     run_dir.mkdir(parents=True, exist_ok=True)
     storage.pull(cfg.run_name)
+    cfg = with_local_model(cfg, run_dir.parent / "_models")
     connect(cfg.cluster)
     done: dict[str, Manifest] = {}
     ran: list[str] = []
@@ -58,8 +69,9 @@ def run_pipeline(cfg: RootConfig) -> dict[str, Manifest]:
             done[stage] = found
         return done.get(stage)
 
+    specs = with_source_stages(selected, finished, cfg)
     for spec in specs:
-        inputs, sources = resolve_inputs(spec, finished, run_dir)
+        inputs, sources = resolve_inputs(spec, finished, run_dir, cfg)
         feeding = _feeding(spec, sources, finished)
         slice_ = config_slice(cfg, spec.reads)
         config_hash = hash_json(slice_)
@@ -94,11 +106,52 @@ def _finished(run_dir: Path, stage: str) -> Manifest | None:
     return manifest if manifest is not None and manifest.outputs_intact(run_dir / stage) else None
 
 
+def with_local_model(cfg: RootConfig, cache_dir: Path) -> RootConfig:
+    """`cfg` with `model.pretrained` a local model directory (a hub id downloaded once), checked
+    before anything starts."""
+    local = localize(cfg.model.pretrained, cache_dir)
+    if local is not None and not (Path(local) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model.pretrained={local} is not a Hugging Face model directory (no config.json). A "
+            "preset's directory is made once by its prepare step: `make smollm2` for model=smollm2_135m"
+        )
+    return replace(cfg, model=replace(cfg.model, pretrained=local))
+
+
+def config_value(cfg: Any, dotted: str | None) -> Any:
+    """The config field `dotted` ("model.pretrained"), or None when `dotted` is None."""
+    if dotted is None:
+        return None
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def with_source_stages(
+    specs: list[StageSpec], finished: Callable[[str], Manifest | None], cfg
+) -> list[StageSpec]:
+    """`specs` plus any stage without inputs of its own (data) that a selected stage needs and
+    that has not finished in this run: `stages=[rlvr,distill,serve] model.pretrained=<dir>` makes
+    its prompts first. Stages that need a model are never added behind the user's back."""
+    names = {spec.name for spec in specs}
+    for spec in specs:
+        for name, want in spec.inputs.items():
+            met = any(s in names or finished(s) is not None for s in want.stages)
+            if not want.required or met or config_value(cfg, want.config):
+                continue
+            first = STAGES[want.stages[0]]
+            if not first.inputs:
+                log.info("adding stage %r: %r needs its %r and it has not run", first.name, spec.name, name)
+                names.add(first.name)
+    return [spec for name, spec in STAGES.items() if name in names]
+
+
 def resolve_inputs(
-    spec: StageSpec, finished: Callable[[str], Manifest | None], run_dir: Path
+    spec: StageSpec, finished: Callable[[str], Manifest | None], run_dir: Path, cfg: Any = None
 ) -> tuple[dict[str, Path], dict[str, str]]:
-    """The absolute path of each declared input (the first of its sources that finished) and the
-    stage each came from; a required input with no finished source fails, saying what to run."""
+    """The absolute path of each declared input (the first of its sources that finished, else its
+    config field's path) and where each came from; a required input with neither fails, saying
+    what to run or set."""
     inputs, sources = {}, {}
     for name, want in spec.inputs.items():
         for source in want.sources:
@@ -115,11 +168,14 @@ def resolve_inputs(
             sources[name] = stage
             break
         else:
-            if want.required:
+            if (path := config_value(cfg, want.config) if cfg is not None else None) is not None:
+                inputs[name], sources[name] = Path(path), f"config:{want.config}"
+            elif want.required:
                 options = " or ".join(repr(s) for s in want.stages)
+                or_set = f", or set {want.config}" if want.config else ""
                 raise RuntimeError(
                     f"stage {spec.name!r} needs its input {name!r} from stage {options}, which has no "
-                    f"finished output in {run_dir}; add {want.stages[0]!r} to `stages`"
+                    f"finished output in {run_dir}; add {want.stages[0]!r} to `stages`{or_set}"
                 )
     return inputs, sources
 
@@ -166,6 +222,7 @@ def _run_stage(spec, cfg, run_dir, slice_, config_hash, inputs, context: dict) -
                 config_hash=config_hash,
                 config=slice_,
                 inputs=inputs,
+                sources={n: _source_label(spec, n, s) for n, s in context["sources"].items()},
                 outputs=dict(result.outputs),
                 output_hashes={n: hash_path(out_dir / rel) for n, rel in result.outputs.items()},
                 output_layout={n: layout_of(out_dir / rel) for n, rel in result.outputs.items()},
@@ -182,6 +239,13 @@ def _run_stage(spec, cfg, run_dir, slice_, config_hash, inputs, context: dict) -
         raise
     log.info("[%s] finished in %.1fs -> %s", spec.name, manifest.wall_time_s, stage_dir)
     return manifest
+
+
+def _source_label(spec: StageSpec, name: str, source: str) -> str:
+    """Where input `name` came from, for the manifest: "sft.model" or "config:model.pretrained"."""
+    if source.startswith("config:"):
+        return source
+    return next(s for s in spec.inputs[name].sources if s.split(".")[0] == source)
 
 
 def _work_dir_for(work_dir: Path, config_hash: str, inputs: dict) -> Path:

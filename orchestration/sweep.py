@@ -92,7 +92,7 @@ def _get(cfg: Any, key: str) -> Any:
 def train_section(cfg: RootConfig, spec: StageSpec) -> str:
     """The key of the stage's TrainConfig (`<stage>.train`: every training stage has that shape)."""
     for key in spec.reads:
-        if isinstance(getattr(cfg, key), StageTrainConfig):
+        if isinstance(_get(cfg, key), StageTrainConfig):
             return f"{key}.train"
     raise ValueError(
         f"sweep.stage={spec.name!r} has no TrainConfig among the config it reads {spec.reads}; "
@@ -120,12 +120,12 @@ def _check_key(cfg: RootConfig, key: str, spec: StageSpec) -> None:
             where = ".".join(parts[:i]) or "the root config"
             raise ValueError(f"sweep.space: unknown key {key!r}: {where} has no {part!r} (it has {names})")
         node = getattr(node, part) if is_dataclass(node) else node[part]
-    if parts[0] not in spec.reads:
+    if not spec.reads_key(key):
         raise ValueError(
             f"sweep.space: stage {spec.name!r} does not read {key!r}; it reads {list(spec.reads)}"
         )
     for name in _upstream(spec):
-        if parts[0] in STAGES[name].reads:
+        if STAGES[name].reads_key(key):
             raise ValueError(
                 f"sweep.space: {key!r} is also read by upstream stage {name!r}, which the sweep runs once "
                 f"with the base config; sweep {name!r} instead"
@@ -234,8 +234,8 @@ def _upstream_context(cfg: RootConfig, plan: SweepPlan, run_dir: Path) -> dict[s
     """The trial's inputs, sources and upstream metrics, after running its upstream stages once."""
     names = _upstream(STAGES[plan.stage])
     done = run_pipeline(replace(cfg, stages=names)) if names else {}
-    inputs, sources = resolve_inputs(STAGES[plan.stage], done.get, run_dir)
-    metrics = {s: done[s].metrics for s in sources.values()}
+    inputs, sources = resolve_inputs(STAGES[plan.stage], done.get, run_dir, cfg)
+    metrics = {s: done[s].metrics for s in sources.values() if s in done}
     return {"inputs": inputs, "sources": sources, "upstream_metrics": metrics}
 
 

@@ -217,10 +217,9 @@ class Engine:
             dtype = DTYPES[dtype]
         model = _load_model(model_dir, device, dtype)
         draft = _load_model(draft_dir, device, dtype) if draft_dir is not None else None
-        has_tokenizer = any(
-            (Path(model_dir) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")
-        )
-        tokenizer = AutoTokenizer.from_pretrained(model_dir) if has_tokenizer else None
+        tokenizer = _load_tokenizer(model_dir)
+        if draft_dir is not None:
+            _check_draft_tokenizer(tokenizer, _load_tokenizer(draft_dir), model_dir, draft_dir)
         return cls(
             model,
             tokenizer,
@@ -401,7 +400,9 @@ class Engine:
                 raise ValueError(
                     "text prompts need a tokenizer; this engine was built without one (pass token ids)"
                 )
-            ids = self.tokenizer.encode(prompt)
+            # Text prompts here are chat-rendered (the pipeline's datasets, Best-of-N): the template
+            # already holds any BOS, and training tokenised them without special tokens too.
+            ids = self.tokenizer.encode(prompt, add_special_tokens=False)
         else:
             ids = [int(t) for t in prompt]
         if not ids:
@@ -472,6 +473,23 @@ class Engine:
                     f"draft vocab_size={v_draft} differs from the target's {v_target}; "
                     "speculative decoding needs one shared vocabulary"
                 )
+
+
+def _load_tokenizer(model_dir: str | Path):
+    """The directory's tokenizer, or None when it ships none (the engine then works on ids)."""
+    has_tokenizer = any((Path(model_dir) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
+    return AutoTokenizer.from_pretrained(model_dir) if has_tokenizer else None
+
+
+def _check_draft_tokenizer(target, draft, target_dir, draft_dir) -> None:
+    """A draft proposes token ids the target verifies: both must mean the same strings by them.
+    (Equal vocabulary sizes are checked for directories without tokenizers.)"""
+    if target is not None and draft is not None and target.get_vocab() != draft.get_vocab():
+        raise ValueError(
+            f"the draft at {draft_dir} and the target at {target_dir} use different tokenizers: the "
+            f"target's vocabulary has {len(target)} tokens (eos {target.eos_token!r}), the draft's "
+            f"{len(draft)} (eos {draft.eos_token!r}); speculative decoding needs one shared vocabulary"
+        )
 
 
 def _load_model(model_dir: str | Path, device: torch.device, dtype: torch.dtype) -> PreTrainedModel:

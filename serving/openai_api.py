@@ -272,11 +272,17 @@ def _wants_logprobs(req: CompletionRequest | ChatCompletionRequest) -> bool:
 def encode_prompts(
     prompts: list[str | list[int]], tokenizer, context: int, vocab: int, param: str
 ) -> list[list[int]]:
-    """Token ids of each prompt, each leaving room for at least one generated token."""
+    """Token ids of each prompt, each leaving room for at least one generated token.
+
+    A chat prompt (`param == "messages"`) is the chat template's text, which already holds the
+    model's BOS and turn markers, so the tokenizer adds nothing (as in training and vLLM's chat
+    API); a raw completion prompt gets the tokenizer's usual special tokens.
+    """
     out = []
+    special = param != "messages"
     for i, prompt in enumerate(prompts):
         where = param if len(prompts) == 1 else f"{param}[{i}]"
-        ids = tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
+        ids = tokenizer.encode(prompt, add_special_tokens=special) if isinstance(prompt, str) else prompt
         if not ids:
             raise APIError(400, f"{where} encodes to no tokens", where, "invalid_value")
         bad = [t for t in ids if not 0 <= t < vocab]

@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM
 
+from training.lora import lora_scaling, merge_lora
+
 TAG = "ds"
 
 
@@ -55,8 +57,10 @@ def _moe_layers(engine) -> dict[str, torch.nn.Module]:
 
 
 def gather_hf_state_dict(engine) -> dict[str, torch.Tensor]:
-    """The full model in Hugging Face layout, on every rank: ZeRO-3 partitions gathered and the
-    AutoEP experts all-gathered from their expert-parallel ranks. Collective: all ranks call it."""
+    """The full model in Hugging Face layout, on every rank: ZeRO-3 partitions gathered, the
+    AutoEP experts all-gathered from their expert-parallel ranks, tied weights under each of their
+    names (what a strict `load_state_dict` wants) and LoRA adapters merged into their layers.
+    Collective: all ranks call it."""
     layers = _moe_layers(engine)
     out: dict[str, torch.Tensor] = {}
     params = list(engine.module.parameters())
@@ -83,7 +87,11 @@ def gather_hf_state_dict(engine) -> dict[str, torch.Tensor]:
         w1, w2, w3 = (out.pop(f"{prefix}experts.w{i}") for i in (1, 2, 3))
         out[prefix + "experts.gate_up_proj"] = torch.cat([w1, w3], dim=1)  # HF chunks gate then up
         out[prefix + "experts.down_proj"] = w2
-    return out
+    first_name = {id(p): n for n, p in engine.module.named_parameters()}
+    for name, p in engine.module.named_parameters(remove_duplicate=False):
+        if name not in out and first_name.get(id(p)) in out:  # tied (SmolLM2's lm_head = embeddings)
+            out[name] = out[first_name[id(p)]]
+    return merge_lora(out, lora_scaling(engine.module))
 
 
 def export_hf(engine, out_dir: str | Path, tokenizer, rank: int) -> None:

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+MOE_ARCHS = ("qwen3_moe", "mixtral")
+
 
 @dataclass
 class ModelConfig:
-    # Architecture registered in training.models: qwen3_moe (default), mixtral, qwen3 (dense).
+    # Architecture registered in training.models: qwen3_moe (default), mixtral, qwen3, qwen2, llama
+    # (dense). Only for fresh models: a pretrained one keeps its own.
     arch: str = "qwen3_moe"
-    # Start from this local Hugging Face directory instead of a fresh init (never a hub id).
+    # Start from this local Hugging Face directory instead of a fresh init: any causal LM
+    # (Llama, Qwen2/3, Qwen3-MoE, Mixtral, ...) with its own tokenizer and chat template, which
+    # every stage then uses (the data stage trains no tokenizer). The shape fields below are then
+    # ignored. Nothing is downloaded: see `model=smollm2_135m` and `make smollm2`.
     pretrained: str | None = None
     hidden_size: int = 64
     intermediate_size: int = 128  # dense MLP width (dense archs)
@@ -32,7 +38,7 @@ class ModelConfig:
                 f"model.num_attention_heads={self.num_attention_heads} must be a multiple of "
                 f"model.num_key_value_heads={self.num_key_value_heads}"
             )
-        if self.arch != "qwen3" and not 0 < self.num_experts_per_tok <= self.num_experts:
+        if self.arch in MOE_ARCHS and not 0 < self.num_experts_per_tok <= self.num_experts:
             raise ValueError(
                 f"model.num_experts_per_tok={self.num_experts_per_tok} must be in 1..model.num_experts={self.num_experts}"
             )
@@ -71,6 +77,10 @@ class ExpertParallelConfig:
     autoep_size: int | None = None
     # torch._grouped_mm expert kernels (fast on Hopper GPUs; works on CPU too).
     use_grouped_mm: bool = False
+
+
+# train.overlong's choices (training.data.ON_OVERLONG implements them).
+OVERLONG = ("drop", "truncate", "error")
 
 
 @dataclass
@@ -115,6 +125,15 @@ class TrainConfig:
     fail_at_step: int | None = None
     # Data order seed (the model init is seeded separately and identically on every worker).
     seed: int = 0
+    # SFT records longer than seq_len (prompt + completion tokens): drop (skip them), truncate
+    # (keep their first seq_len tokens: the loss then never sees the end of turn) or error (fail
+    # naming the first). A prompt of seq_len tokens or more leaves nothing to learn: dropped under
+    # truncate too. The counts reach the stage's metrics (data_dropped, data_truncated).
+    overlong: str = "drop"
+    # SFT: pack several prompt + completion sequences into each row of at most seq_len tokens,
+    # attention kept within each sequence; batch sizes and eval_rows then count rows. Pretraining
+    # always packs: its documents are concatenated and cut into seq_len blocks.
+    pack: bool = False
 
     def __post_init__(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
@@ -127,6 +146,8 @@ class TrainConfig:
             raise ValueError(
                 f"eval_every and eval_rows must be >= 0; got {self.eval_every}, {self.eval_rows}"
             )
+        if self.overlong not in OVERLONG:
+            raise ValueError(f"overlong must be one of {OVERLONG}; got {self.overlong!r}")
 
     def accumulation_steps(self, world_size: int) -> int:
         if self.global_batch_size is None:
@@ -161,6 +182,33 @@ OPTIMIZERS = ("muonclip", "adamw")
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters instead of full fine-tuning (training/lora.py); exports are merged models."""
+
+    enabled: bool = False
+    r: int = 16
+    # The update is scaled by alpha / r.
+    alpha: float = 32.0
+    dropout: float = 0.0
+    # Module names (last path component) that get adapters: attention and MLP projections of
+    # Llama/Qwen-style models. MoE experts are fused parameters, not linear modules, so they stay frozen.
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+    def __post_init__(self) -> None:
+        if self.r < 1 or self.alpha <= 0 or not 0.0 <= self.dropout < 1.0 or not self.target_modules:
+            raise ValueError(
+                f"lora needs r >= 1, alpha > 0, 0 <= dropout < 1 and target_modules; got r={self.r}, "
+                f"alpha={self.alpha}, dropout={self.dropout}, target_modules={self.target_modules}"
+            )
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.r
+
+
+@dataclass
 class StageTrainConfig:
     """The shape every training stage's config shares (pretrain, sft, rlvr, distill): the loop's
     settings under `train`, and the optimizer it uses."""
@@ -169,6 +217,8 @@ class StageTrainConfig:
     # Another optimizer than the root `optimizer.name` for this stage, with the root's settings
     # otherwise; null uses the root optimizer.
     optimizer: str | None = None
+    # Train LoRA adapters only (`<stage>.lora.enabled=true`); the stage still exports a full model.
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
         if self.optimizer not in (None, *OPTIMIZERS):

@@ -1,32 +1,35 @@
 """The datasets the training loop reads, written from the data stage's problems, and their tokenizer.
 
 Outputs (under `out_dir`; `datasets.load_from_disk` reads each):
-  pretrain/  text: render_prompt(question) + solution + "<|endoftext|>"
-  sft/       id, task, question, prompt (rendered chat prompt), completion (solution + EOS),
-             answer, meta (JSON)
-  rl/, eval/ id, task, question, prompt, answer, meta (JSON)
-  tokenizer/ the tokenizer trained on pretrain + SFT + RL text (see `training.tokenizer`)
+  pretrain/  text: prompt + completion, one problem with its worked solution per document
+  sft/       id, task, question, messages (the turns before the answer, system turn included, as
+             JSON: what a client sends the endpoint), prompt (those turns rendered), completion
+             (the assistant turn, end-of-turn token included), answer, meta (JSON)
+  rl/, eval/ id, task, question, messages, prompt, answer, meta (JSON)
+  tokenizer/ the tokenizer every later stage reads: trained on pretrain + SFT + RL text, or a
+             pretrained model's own (see orchestration/stages/data.py)
 
-A problem is any object with the fields of `rl.tasks.Sample` (id, task, prompt, solution,
-answer, meta); this module does not import rl.
+Prompts and completions are rendered by the tokenizer's chat template (`training.chat`). A problem
+is any object with the fields of `rl.tasks.Sample` (id, task, prompt, solution, answer, meta,
+messages); this module does not import rl.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset
 
-from training.tokenizer import ASSISTANT, render_completion, render_prompt, train_tokenizer
+from training.chat import completion_text, conversation, prompt_text
+from training.tokenizer import render_completion, render_prompt
 
-PROMPT_COLUMNS = ["id", "task", "question", "prompt", "answer", "meta"]
+PROMPT_COLUMNS = ["id", "task", "question", "messages", "prompt", "answer", "meta"]
 COLUMNS = {
     "pretrain": ["text"],
-    "sft": ["id", "task", "question", "prompt", "completion", "answer", "meta"],
+    "sft": ["id", "task", "question", "messages", "prompt", "completion", "answer", "meta"],
     "rl": PROMPT_COLUMNS,
     "eval": PROMPT_COLUMNS,
 }
@@ -34,59 +37,81 @@ COLUMNS = {
 OUTPUTS = {"tokenizer": "tokenizer", **{split: split for split in COLUMNS}}
 
 
+def tokenizer_training_text(samples: dict[str, list[Any]], system: str | None = None) -> list[str]:
+    """The text ReasonForge's own tokenizer is trained on: the training splits in its chat format
+    (`training.tokenizer`), which its template reproduces exactly."""
+    return [
+        render_prompt(s.prompt, system) + (render_completion(s.solution) if split != "rl" else "")
+        for split in ("pretrain", "sft", "rl")
+        for s in samples[split]
+    ]
+
+
 def write_corpus(
-    samples: dict[str, list[Any]], vocab_size: int, out_dir: Path, added_tokens: Sequence[str] = ()
+    samples: dict[str, list[Any]], tokenizer: Any, out_dir: Path, system: str | None = None
 ) -> dict[str, float]:
-    """Write every split of `samples` and the tokenizer trained on the training splits, with
-    `added_tokens` as single tokens (see OUTPUTS); raises if a held-out prompt shows up in training
-    data. Returns manifest metrics."""
+    """Write every split of `samples`, rendered by `tokenizer`'s chat template with the optional
+    `system` turn, and the tokenizer itself (see OUTPUTS); raises if a held-out prompt shows up in
+    training data. Returns manifest metrics."""
     if set(samples) != set(COLUMNS):
         raise ValueError(f"samples must have the splits {sorted(COLUMNS)}; got {sorted(samples)}")
-    records = to_records(samples)
+    records = to_records(samples, tokenizer, system)
     leaks = held_out_leaks(records)
     if leaks:
         raise RuntimeError(f"{len(leaks)} eval prompts also appear in training data, e.g. {leaks[:3]}")
-    training_text = (
-        [r["text"] for r in records["pretrain"]]
-        + [r["prompt"] + r["completion"] for r in records["sft"]]
-        + [r["prompt"] for r in records["rl"]]
-    )
-    tokenizer = train_tokenizer(training_text, vocab_size, out_dir / "tokenizer", added_tokens)
+    tokenizer.save_pretrained(str(out_dir / "tokenizer"))
     for split, columns in COLUMNS.items():
         _save(records[split], columns, out_dir / split)
     return _metrics(samples, records, tokenizer) | {"eval_overlap": len(leaks)}
 
 
-def to_records(samples: dict[str, list[Any]]) -> dict[str, list[dict[str, str]]]:
-    """The rows of each output dataset (see the module docstring for the columns)."""
+def to_records(
+    samples: dict[str, list[Any]], tokenizer: Any, system: str | None = None
+) -> dict[str, list[dict]]:
+    """The rows of each output dataset (see the module docstring for the columns; pretrain rows
+    also carry the `id` and `prompt` that the leak check reads and that are not saved)."""
 
     def prompt_row(s: Any) -> dict[str, str]:
+        turns = conversation(s.prompt, s.messages, system)
         return {
             "id": s.id,
             "task": s.task,
             "question": s.prompt,
-            "prompt": render_prompt(s.prompt),
+            "messages": json.dumps(turns),
+            "prompt": prompt_text(tokenizer, turns),
             "answer": s.answer,
             "meta": json.dumps(s.meta, sort_keys=True),
         }
 
+    def with_completion(s: Any) -> dict[str, str]:
+        row = prompt_row(s)
+        turns = json.loads(row["messages"])
+        return row | {"completion": completion_text(tokenizer, turns, s.solution, row["prompt"])}
+
+    pretrain = [with_completion(s) for s in samples["pretrain"]]
     return {
         "pretrain": [
-            {"text": render_prompt(s.prompt) + render_completion(s.solution)} for s in samples["pretrain"]
+            {"id": r["id"], "prompt": r["prompt"], "text": r["prompt"] + r["completion"]} for r in pretrain
         ],
-        "sft": [prompt_row(s) | {"completion": render_completion(s.solution)} for s in samples["sft"]],
+        "sft": [with_completion(s) for s in samples["sft"]],
         "rl": [prompt_row(s) for s in samples["rl"]],
         "eval": [prompt_row(s) for s in samples["eval"]],
     }
 
 
 def held_out_leaks(records: dict[str, list[dict[str, str]]]) -> list[str]:
-    """Eval prompts that also appear in pretrain, SFT or RL records (should be none)."""
-    cut = len(ASSISTANT) + 1  # the prompt ends with the assistant tag and a newline
-    training = {text[: text.index(ASSISTANT) + cut] for text in (r["text"] for r in records["pretrain"])}
-    training |= {r["prompt"] for split in ("sft", "rl") for r in records[split]}
-    training_ids = {r["id"] for split in ("sft", "rl") for r in records[split]}
-    return [r["prompt"] for r in records["eval"] if r["prompt"] in training or r["id"] in training_ids]
+    """Eval prompts that also appear in training data: the same id or rendered prompt in SFT or RL
+    records, or a pretraining document that starts with the prompt."""
+    training = [r for split in ("sft", "rl") for r in records[split]]
+    prompts, ids = {r["prompt"] for r in training}, {r["id"] for r in training}
+    ids |= {r["id"] for r in records["pretrain"] if "id" in r}
+    lengths = {len(r["prompt"]) for r in records["eval"]}
+    starts = {r["text"][:n] for r in records["pretrain"] for n in lengths}
+    return [
+        r["prompt"]
+        for r in records["eval"]
+        if r["prompt"] in prompts or r["prompt"] in starts or r["id"] in ids
+    ]
 
 
 def _save(rows: list[dict[str, str]], columns: list[str], path) -> None:
@@ -107,7 +132,16 @@ def _metrics(
         "sft": [r["prompt"] + r["completion"] for r in records["sft"]],
     }
     for split, batch in texts.items():
-        metrics[f"{split}_tokens"] = sum(len(ids) for ids in tokenizer(batch)["input_ids"]) if batch else 0
+        metrics[f"{split}_tokens"] = (
+            sum(len(ids) for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]) if batch else 0
+        )
     metrics["vocab_size"] = len(tokenizer)
+    # The longest rendered SFT pair and RL prompt, in tokens: what `<stage>.train.seq_len` and the
+    # rollout lengths must hold (longer SFT pairs are counted and dropped or truncated in training).
+    for split, batch in (("sft", texts["sft"]), ("rl", [r["prompt"] for r in records["rl"]])):
+        lengths = (
+            [len(ids) for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]] if batch else [0]
+        )
+        metrics[f"{split}_max_tokens"] = max(lengths)
     metrics["pretrain_sft_overlap"] = sum(s.id in pretrain_ids for s in samples["sft"])
     return metrics

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import torch
 
 from training import checkpoint, validation
-from training.config import ExpertParallelConfig, ModelConfig, OptimizerConfig, TrainConfig
+from training.config import ExpertParallelConfig, LoraConfig, ModelConfig, OptimizerConfig, TrainConfig
 from training.data import TokenBatch, batch_indices
 from training.tracking import record_cost
 
@@ -54,7 +54,7 @@ class Recipe:
 class DatasetSource:
     """Micro-batches drawn from a dataset as a pure function of the step (see `batch_indices`)."""
 
-    data: Any  # __len__ and collate(rows) -> TokenBatch
+    data: Any  # __len__, collate(rows) -> TokenBatch, and stats: counts of how its rows were built
     micro_bs: int
     seed: int
     # The last `held_out` rows: never trained on, evaluated every `train.eval_every` steps.
@@ -90,8 +90,16 @@ class DatasetSource:
         ]
 
 
+def data_metrics(source: BatchSource) -> dict[str, float]:
+    """A dataset source's `stats` (records kept, dropped, truncated, packed rows) as metrics named
+    `data_<count>`; {} for sources that build their batches otherwise (rollouts)."""
+    if not isinstance(source, DatasetSource):
+        return {}
+    return {f"data_{k}": v for k, v in source.data.stats.items()}
+
+
 def _dataset_source(dataset_cls, job: TrainJob, tokenizer) -> DatasetSource:
-    data = dataset_cls(job.data_dir, tokenizer, job.train.seq_len)
+    data = dataset_cls.from_config(job.data_dir, tokenizer, job.train)
     if job.train.eval_rows >= len(data):
         raise ValueError(
             f"{job.name}: eval_rows={job.train.eval_rows} must be less than the {len(data)} rows of {job.data_dir}"
@@ -100,13 +108,14 @@ def _dataset_source(dataset_cls, job: TrainJob, tokenizer) -> DatasetSource:
 
 
 def dataset_recipe(dataset_cls, loss=None) -> Recipe:
-    """A recipe over a dataset class `(data_dir, tokenizer, seq_len)` with `__len__` and `collate`."""
+    """A recipe over a dataset class built by `from_config(data_dir, tokenizer, train)`, with
+    `__len__`, `collate` and `stats`."""
     return Recipe(make_source=partial(_dataset_source, dataset_cls), loss=loss or lm_loss)
 
 
 def lm_loss(model, batch: TokenBatch):
     """Next-token cross-entropy on labelled tokens, plus the MoE load-balancing loss."""
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels)
+    out = model(**batch.model_inputs(), labels=batch.labels)
     aux = getattr(out, "aux_loss", None)
     metrics = {"aux_loss": float(aux)} if aux is not None else {}
     return out.loss, metrics, getattr(out, "router_logits", None)
@@ -126,6 +135,7 @@ class TrainJob:
     data_dir: str
     export_dir: str  # the Hugging Face export lands here
     work_dir: str  # Ray Train storage: checkpoints, failure marker
+    lora: LoraConfig = field(default_factory=LoraConfig)
     num_workers: int = 2
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
@@ -221,6 +231,8 @@ def _build(job: TrainJob) -> _Worker:
     source = job.recipe.make_source(job, tok)
     model = build_model(job.model, tok)
     counts = parameter_counts(model)
+    if job.lora.enabled:
+        model = _with_lora(job, model)
     recorder = attach_recorder(model)
     if ocfg.name == "muonclip":
         route_routers_to_adamw()
@@ -239,6 +251,8 @@ def _build(job: TrainJob) -> _Worker:
     )
     engine, _, _, _ = deepspeed.initialize(
         model=model,
+        # With LoRA only the adapters go to the optimizer; otherwise DeepSpeed takes every parameter.
+        model_parameters=[p for p in model.parameters() if p.requires_grad] if job.lora.enabled else None,
         config=ds_cfg,
         lr_scheduler=scheduler(tcfg.warmup_steps, tcfg.max_steps, tcfg.min_lr_ratio),
     )
@@ -274,6 +288,19 @@ def _build(job: TrainJob) -> _Worker:
         set_param=_deepspeed_set_param(tcfg.zero_stage),
         top_k=getattr(hf, "num_experts_per_tok", 0),
     )
+
+
+def _with_lora(job: TrainJob, model):
+    from training.lora import apply_lora
+    from training.models import is_moe
+
+    if job.train.zero_stage == 3:
+        raise ValueError(f"{job.name}: LoRA runs with ZeRO stage 0-2; got train.zero_stage=3")
+    if is_moe(model) and job.expert_parallel.enabled:
+        # Not tried: AutoEP swaps the MoE layers of the model it is given, and a peft wrapper
+        # renames every module under it. Fail rather than train something unverified.
+        raise ValueError(f"{job.name}: LoRA on an MoE model needs expert_parallel.enabled=false")
+    return apply_lora(model, job.lora)
 
 
 def _numel(p) -> int:
@@ -357,7 +384,18 @@ def _after_step(w: _Worker, step: int, metrics: dict[str, float]) -> None:
     # measured here), so it only carries checkpoints; per-step metrics go through the queue.
     # The last one also carries the parameter counts `fit` returns.
     if done % tcfg.checkpoint_every == 0 or done == tcfg.max_steps:
-        checkpoint.report(w.engine, done, metrics | w.params)
+        checkpoint.report(w.engine, done, metrics | w.params | data_metrics(w.source))
+
+
+def _log_data(w: _Worker) -> None:
+    """Rank 0 logs how its dataset was built (records dropped, truncated, packed), once at start:
+    a log line, and a step-less message to the driver, which logs it with the next step's row."""
+    data = data_metrics(w.source)
+    if w.rank != 0 or not data:
+        return
+    print(f"[{w.job.name}] data: " + ", ".join(f"{k}={v:.4g}" for k, v in data.items()), flush=True)
+    if w.job.metrics_queue is not None:
+        w.job.metrics_queue.put(data)
 
 
 def _worker(config: dict) -> None:
@@ -367,6 +405,7 @@ def _worker(config: dict) -> None:
     start = checkpoint.restore(w.engine)
     if start:
         print(f"[{job.name}] rank {w.rank}: resumed from step {start}", flush=True)
+    _log_data(w)
     w.engine.train()
     if job.recipe.after_step:  # e.g. GRPO installs the start weights on its rollout workers
         job.recipe.after_step(w.engine, start, w.rank)
@@ -376,7 +415,7 @@ def _worker(config: dict) -> None:
     if start >= job.train.max_steps:  # an earlier attempt trained it all and died exporting
         import ray.train
 
-        ray.train.report({"step": start, **w.params})
+        ray.train.report({"step": start, **w.params, **data_metrics(w.source)})
     w.engine.eval()
     checkpoint.export_hf(w.engine, job.export_dir, w.tokenizer, w.rank)
 
@@ -385,12 +424,18 @@ def _drain(queue, tracker, total: int, stop: threading.Event, last: dict) -> Non
     from ray.util.queue import Empty
 
     bar = tracker.progress(total=total, desc="train")
+    start: dict = {}  # the data counts a worker sends at start, logged with the next step's row
     while not (stop.is_set() and queue.empty()):
         try:
             m = queue.get(timeout=0.5)
         except Empty:
             continue
+        if "step" not in m:
+            start |= m
+            last.update(m)
+            continue
         step = int(m.pop("step"))
+        m, start = start | m, {}
         tracker.log(m, step=step)
         last.update(m, step=step)
         bar.n = step
@@ -442,7 +487,7 @@ def make_trainer(job: TrainJob):
 
 def fit(job: TrainJob, tracker) -> dict:
     """Run `job` on Ray Train; stream worker metrics into `tracker`; returns the last metrics,
-    with the model's `params_total` and `params_active`."""
+    with the model's `params_total` and `params_active` and the dataset's `data_*` counts."""
     from ray.util.queue import Queue
 
     job.train.accumulation_steps(job.num_workers)  # on the driver, not once per started worker

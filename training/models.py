@@ -1,7 +1,8 @@
-"""Hugging Face causal LMs built from our config: Qwen3-MoE (default), Mixtral, dense Qwen3.
+"""Hugging Face causal LMs built from our config: Qwen3-MoE (default), Mixtral, dense Qwen3, Qwen2, Llama.
 
 Models are never downloaded: either built fresh from `ModelConfig` with the tokenizer's vocabulary,
-or loaded from a local directory (`model.pretrained=<dir>`, e.g. an earlier stage's export).
+or loaded from a local directory (`model.pretrained=<dir>`: an earlier stage's export, or any Hugging
+Face causal LM saved there, whatever its architecture), which must share the run's tokenizer.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from pathlib import Path
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    LlamaConfig,
     MixtralConfig,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    Qwen2Config,
     Qwen3Config,
     Qwen3MoeConfig,
 )
@@ -71,10 +74,20 @@ def _qwen3_dense(cfg: ModelConfig, tok: PreTrainedTokenizerBase) -> PretrainedCo
     return Qwen3Config(**_common(cfg, tok), intermediate_size=cfg.intermediate_size)
 
 
+def _qwen2(cfg: ModelConfig, tok: PreTrainedTokenizerBase) -> PretrainedConfig:
+    return Qwen2Config(**_common(cfg, tok), intermediate_size=cfg.intermediate_size)
+
+
+def _llama(cfg: ModelConfig, tok: PreTrainedTokenizerBase) -> PretrainedConfig:
+    return LlamaConfig(**_common(cfg, tok), intermediate_size=cfg.intermediate_size)
+
+
 ARCHS: dict[str, Callable[[ModelConfig, PreTrainedTokenizerBase], PretrainedConfig]] = {
     "qwen3_moe": _qwen3_moe,
     "mixtral": _mixtral,
     "qwen3": _qwen3_dense,
+    "qwen2": _qwen2,
+    "llama": _llama,
 }
 
 
@@ -85,8 +98,10 @@ def hf_config(cfg: ModelConfig, tok: PreTrainedTokenizerBase) -> PretrainedConfi
 
 
 def build_model(cfg: ModelConfig, tok: PreTrainedTokenizerBase) -> PreTrainedModel:
-    """A fresh fp32 model from `cfg`, or the local checkpoint `cfg.pretrained`."""
+    """A fresh fp32 model from `cfg`, or the local checkpoint `cfg.pretrained` (which must read the
+    same vocabulary as `tok` when it ships a tokenizer)."""
     if cfg.pretrained:
+        check_tokenizer(cfg.pretrained, tok)
         return load_model(cfg.pretrained, expected_vocab=len(tok))
     torch.manual_seed(0)  # identical init on every worker; DeepSpeed also broadcasts rank 0's
     return AutoModelForCausalLM.from_config(hf_config(cfg, tok), dtype=torch.float32)
@@ -106,6 +121,15 @@ def load_model(path: str | Path, expected_vocab: int | None = None, dtype=torch.
             f"model at {path} has {vocab} embeddings but the tokenizer has {expected_vocab} tokens"
         )
     return model
+
+
+def check_tokenizer(model_dir: str | Path, tok: PreTrainedTokenizerBase) -> None:
+    """Fail, naming both, when the model directory's own tokenizer is not `tok`'s vocabulary: its
+    embedding rows would mean other strings than the run's token ids."""
+    from training.tokenizer import check_same_vocabulary, load_tokenizer
+
+    if (Path(model_dir) / "tokenizer.json").is_file():
+        check_same_vocabulary(load_tokenizer(model_dir), f"the model at {model_dir}", tok, "the run's tokenizer")
 
 
 def is_moe(model: PreTrainedModel) -> bool:

@@ -1,8 +1,8 @@
 """The byte-level BPE tokenizer every ReasonForge model shares, and the chat format it encodes.
 
-Chat format (one user turn, one assistant turn; no system turn, no BOS):
+Chat format (an optional system turn, user and assistant turns; no BOS):
 
-    <|user|>\\n{question}\\n<|assistant|>\\n{completion}<|endoftext|>
+    [<|system|>\\n{system}\\n]<|user|>\\n{question}\\n<|assistant|>\\n{completion}<|endoftext|>
 
 `render_prompt(question)` is the text up to and including `<|assistant|>\\n`: what a model continues.
 The completion is `<think>{reasoning}</think> <answer>{final}</answer>` (see `rl.tasks.format`)
@@ -10,7 +10,11 @@ and the model ends its turn with `<|endoftext|>`, which is also the padding toke
 Jinja chat template produces exactly these strings, so `apply_chat_template(messages,
 add_generation_prompt=True, tokenize=False) == render_prompt(question)`.
 
-Tokens: `<|endoftext|>`, `<|user|>`, `<|assistant|>` are special (ids 0, 1, 2; dropped by
+This is the format of ReasonForge's own models; a pretrained model (`model.pretrained`) brings its
+own tokenizer and template instead (see `training.chat`, which renders every prompt through the
+template of whichever tokenizer the run uses).
+
+Tokens: `<|endoftext|>`, `<|user|>`, `<|assistant|>`, `<|system|>` are special (ids 0-3; dropped by
 `decode(..., skip_special_tokens=True)`). The data stage passes the four format tags as
 `added_tokens`: *non-special* tokens, one id each, so decoding a completion keeps them and the
 answer can be extracted. Every prompt ends in
@@ -36,26 +40,30 @@ if TYPE_CHECKING:
 EOS = "<|endoftext|>"
 USER = "<|user|>"
 ASSISTANT = "<|assistant|>"
-SPECIAL_TOKENS = (EOS, USER, ASSISTANT)
+SYSTEM = "<|system|>"
+SPECIAL_TOKENS = (EOS, USER, ASSISTANT, SYSTEM)
 
 
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'user' -%}"
     "{{ '<|user|>\\n' + message['content'] + '\\n' }}"
+    "{%- elif message['role'] == 'system' -%}"
+    "{{ '<|system|>\\n' + message['content'] + '\\n' }}"
     "{%- elif message['role'] == 'assistant' -%}"
     "{{ '<|assistant|>\\n' + message['content'] + '<|endoftext|>' }}"
     "{%- else -%}"
-    "{{ raise_exception('this chat format has user and assistant turns only; got role ' + message['role']) }}"
+    "{{ raise_exception('this chat format has system, user and assistant turns; got role ' + message['role']) }}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|assistant|>\\n' }}{%- endif -%}"
 )
 
 
-def render_prompt(question: str) -> str:
+def render_prompt(question: str, system: str | None = None) -> str:
     """The text a model continues to answer `question` (same as the chat template's output)."""
-    return f"{USER}\n{question}\n{ASSISTANT}\n"
+    head = f"{SYSTEM}\n{system}\n" if system is not None else ""
+    return f"{head}{USER}\n{question}\n{ASSISTANT}\n"
 
 
 def render_completion(solution: str) -> str:
@@ -104,7 +112,7 @@ def train_tokenizer(
         tokenizer_object=backend,
         eos_token=EOS,
         pad_token=EOS,
-        extra_special_tokens=[USER, ASSISTANT],
+        extra_special_tokens=[USER, ASSISTANT, SYSTEM],
         chat_template=CHAT_TEMPLATE,
         clean_up_tokenization_spaces=False,
         model_max_length=1_000_000,
@@ -114,12 +122,24 @@ def train_tokenizer(
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """Load a tokenizer saved by `train_tokenizer` (offline; works for a Hub-style folder too)."""
+    """Load the tokenizer saved in `path` (by `train_tokenizer`, or a pretrained model's; offline)."""
     from transformers import AutoTokenizer
 
     path = Path(path)
     if not (path / "tokenizer.json").is_file():
         raise FileNotFoundError(
-            f"no tokenizer at {path}: expected {path / 'tokenizer.json'} written by the data stage"
+            f"no tokenizer at {path}: expected {path / 'tokenizer.json'} (written by the data stage, or "
+            "shipped with a Hugging Face model directory)"
         )
     return AutoTokenizer.from_pretrained(str(path))
+
+
+def check_same_vocabulary(a, a_name: str, b, b_name: str) -> None:
+    """Fail, naming both, unless tokenizers `a` and `b` map the same strings to the same ids: a
+    teacher and its student, or a target and its draft, must read and write one token space."""
+    if a.get_vocab() != b.get_vocab():
+        raise ValueError(
+            f"{a_name} and {b_name} use different tokenizers: {a_name} has a vocabulary of {len(a)} tokens "
+            f"({type(a).__name__}, eos {a.eos_token!r}), {b_name} one of {len(b)} tokens "
+            f"({type(b).__name__}, eos {b.eos_token!r}); they must share one vocabulary"
+        )

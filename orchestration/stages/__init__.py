@@ -27,7 +27,8 @@ RUNS_ON = ("cluster", "logging")
 STAGES: dict[str, StageSpec] = {
     spec.name: spec
     for spec in [
-        StageSpec("data", data.run, reads=("task",), runs_on=RUNS_ON),
+        # model.pretrained: a pretrained model brings its own tokenizer; none is trained then.
+        StageSpec("data", data.run, reads=("task", "model.pretrained"), runs_on=RUNS_ON),
         StageSpec(
             "pretrain",
             evaluated(run_pretrain),
@@ -43,7 +44,8 @@ STAGES: dict[str, StageSpec] = {
                 "tokenizer": TOKENIZER,
                 "data": first_of("data.sft"),
                 "eval": EVAL,
-                "start": first_of("pretrain.model"),
+                # A run without pretrain fine-tunes the user's model.pretrained.
+                "start": first_of("pretrain.model", config="model.pretrained"),
             },
             runs_on=RUNS_ON,
         ),
@@ -51,19 +53,21 @@ STAGES: dict[str, StageSpec] = {
             "rlvr",
             evaluated(rlvr.run),
             reads=("rlvr", *TRAINING_READS),
-            # GRPO starts from the SFT model, or from pretrain's when a run has no SFT.
+            # GRPO starts from the SFT model, or from pretrain's when a run has no SFT, or from the
+            # user's model.pretrained when it has neither.
             inputs={
                 "tokenizer": TOKENIZER,
                 "prompts": first_of("data.rl"),
                 "eval": EVAL,
-                "start": first_of("sft.model", "pretrain.model"),
+                "start": first_of("sft.model", "pretrain.model", config="model.pretrained"),
             },
             runs_on=RUNS_ON,
         ),
         StageSpec(
             "distill",
             evaluated(distill.run),
-            reads=("distill", "optimizer", "expert_parallel", "eval"),  # its model: distill.student
+            # Its model: distill.student; model.pretrained teaches when no rlvr model exists.
+            reads=("distill", "optimizer", "expert_parallel", "eval", "model.pretrained"),
             inputs={
                 "tokenizer": TOKENIZER,
                 # Prompts come from the split `distill.prompts_split` names; the no-teacher
@@ -71,18 +75,19 @@ STAGES: dict[str, StageSpec] = {
                 "rl": first_of("data.rl"),
                 "sft": first_of("data.sft"),
                 "eval": EVAL,
-                "teacher": first_of("rlvr.model"),
+                "teacher": first_of("rlvr.model", config="model.pretrained"),
             },
             runs_on=RUNS_ON,
         ),
-        # The best model that finished (rlvr, else sft) behind the OpenAI endpoint; distill's drafts.
+        # The best model that finished (rlvr, else sft, else the user's own) behind the OpenAI
+        # endpoint; distill's drafts.
         StageSpec(
             "serve",
             serve.run,
-            reads=("serve", "eval"),
+            reads=("serve", "eval", "model.pretrained"),
             inputs={
                 "eval": EVAL,
-                "model": first_of("rlvr.model", "sft.model"),
+                "model": first_of("rlvr.model", "sft.model", config="model.pretrained"),
                 "draft": optional("distill.model"),
             },
             runs_on=RUNS_ON,

@@ -20,10 +20,14 @@ from training.tracking import Tracker
 @dataclass(frozen=True)
 class Input:
     """An earlier stage's output that a stage consumes: the first of `sources` ("stage.output")
-    whose stage has finished in the run. A required input with none finished fails the stage."""
+    whose stage has finished in the run, else the path in the config field `config` when it is set
+    (a user's own model: `model.pretrained`). A required input with neither fails the stage."""
 
     sources: tuple[str, ...]
     required: bool = True
+    # Dotted config field holding a path to use when no source stage has finished; the stage must
+    # read it (so the path is part of its cache key).
+    config: str | None = None
 
     def __post_init__(self) -> None:
         bad = [s for s in self.sources if s.count(".") != 1]
@@ -35,8 +39,8 @@ class Input:
         return tuple(s.split(".")[0] for s in self.sources)
 
 
-def first_of(*sources: str) -> Input:
-    return Input(tuple(sources))
+def first_of(*sources: str, config: str | None = None) -> Input:
+    return Input(tuple(sources), config=config)
 
 
 def optional(*sources: str) -> Input:
@@ -58,9 +62,18 @@ class StageSpec:
     # Reads the manifests of every earlier stage that has finished (the report).
     reads_all_manifests: bool = False
 
+    def __post_init__(self) -> None:
+        unread = [f"{n}: {i.config}" for n, i in self.inputs.items() if i.config and not self.reads_key(i.config)]
+        if unread:
+            raise ValueError(f"stage {self.name!r} takes inputs from config it does not read: {unread}")
+
     def view(self, cfg: Any) -> ConfigView:
         """What the adapter is handed: `cfg` restricted to `reads` and `runs_on`."""
         return ConfigView(cfg, self.name, (*self.reads, *self.runs_on))
+
+    def reads_key(self, key: str) -> bool:
+        """Whether the dotted config `key` is (part of) what the stage reads."""
+        return any(key == r or key.startswith(f"{r}.") or r.startswith(f"{key}.") for r in self.reads)
 
     @property
     def upstream(self) -> tuple[str, ...]:
@@ -85,7 +98,8 @@ class StageContext:
     tracker: Tracker
     # The stage's declared inputs: input name -> absolute path of the chosen earlier output.
     inputs: dict[str, Path] = field(default_factory=dict)
-    # Input name -> the stage it came from (for a `first_of` input, the one that finished first).
+    # Input name -> the stage it came from (for a `first_of` input, the one that finished first),
+    # or "config:<field>" for a path taken from the config.
     sources: dict[str, str] = field(default_factory=dict)
     # Manifest metrics of the stages feeding this one (every finished stage, for the report).
     upstream_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -103,21 +117,29 @@ class StageContext:
 
 
 class ConfigView:
-    """The root config as one stage may see it: reading an undeclared section raises, naming it."""
+    """The root config as one stage may see it: reading an undeclared section raises, naming it.
 
-    def __init__(self, cfg: Any, stage: str, sections: Iterable[str]):
-        self._cfg, self._stage, self._sections = cfg, stage, frozenset(sections)
+    A declared name may be dotted (`"model.pretrained"`): the stage then sees that one field of
+    the section, and its cache key covers that field only.
+    """
+
+    def __init__(self, cfg: Any, stage: str, sections: Iterable[str], prefix: str = ""):
+        self._cfg, self._stage, self._sections, self._prefix = cfg, stage, frozenset(sections), prefix
 
     def __getattr__(self, key: str) -> Any:
         if key.startswith("_"):
             raise AttributeError(key)
-        if key not in self._sections:
-            raise AttributeError(
-                f"stage {self._stage!r} read cfg.{key}, which its StageSpec does not declare (it may read "
-                f"{sorted(self._sections)}); add {key!r} to its `reads` (or `runs_on`) in "
-                "orchestration/stages/__init__.py so a change to it re-runs the stage"
-            )
-        return getattr(self._cfg, key)
+        if key in self._sections:
+            return getattr(self._cfg, key)
+        inner = {s.split(".", 1)[1] for s in self._sections if s.startswith(f"{key}.")}
+        if inner:
+            return ConfigView(getattr(self._cfg, key), self._stage, inner, f"{self._prefix}{key}.")
+        readable = sorted(f"{self._prefix}{s}" for s in self._sections)
+        raise AttributeError(
+            f"stage {self._stage!r} read cfg.{self._prefix}{key}, which its StageSpec does not declare (it "
+            f"may read {readable}); add {self._prefix + key!r} to its `reads` (or `runs_on`) in "
+            "orchestration/stages/__init__.py so a change to it re-runs the stage"
+        )
 
     def __reduce__(self):  # pickled with a stage into Ray tasks: keep the restriction
-        return (ConfigView, (self._cfg, self._stage, self._sections))
+        return (ConfigView, (self._cfg, self._stage, self._sections, self._prefix))

@@ -28,6 +28,7 @@ from training.config import TrainConfig, with_global_batch
 from training.loop import Recipe, TrainJob, fit
 from training.models import load_model, parameter_counts
 from training.recipes import SFT
+from training.tokenizer import check_same_vocabulary, load_tokenizer
 from training.tracking import LoggingConfig, Tracker
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,13 @@ def run(cfg, ctx: StageContext) -> StageResult:
     check_local_cpus(cfg)
     _train(cfg)  # a batch the learner cannot split fails before any actor starts
     teacher = ctx.input("teacher")
+    # The teacher's log-probs index the student's vocabulary: one tokenizer, or fail before any work.
+    check_same_vocabulary(
+        load_tokenizer(teacher),
+        f"the teacher ({teacher})",
+        load_tokenizer(ctx.input("tokenizer")),
+        "the student",
+    )
     init = save_student_init(d, ctx.input("tokenizer"), ctx.work_dir / "student_init")
     last = _distill(cfg, ctx, teacher, init)
     outputs, drafts = {"model": "model"}, {"": ctx.out_dir / "model"}

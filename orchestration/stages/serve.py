@@ -67,11 +67,13 @@ def _evaluate(cfg, ctx: StageContext, url: str, api_key: str | None) -> dict[str
     payloads = [
         {
             "model": cfg.serve.model_name,
-            "messages": [{"role": "user", "content": q}],
+            # The very turns the eval prompts were rendered from (system turn included): the
+            # endpoint's chat template then renders the same prompt text pass@1 was taken on.
+            "messages": json.loads(turns),
             "max_tokens": cfg.eval.max_new_tokens,
             "temperature": 0.0,
         }
-        for q in rows["question"]
+        for turns in rows["messages"]
     ]
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per eval request
     started = time.perf_counter()

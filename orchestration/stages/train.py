@@ -49,6 +49,7 @@ def train_job(
         data_dir=str(ctx.input(data)),
         export_dir=str(export_dir or ctx.out_dir / "model"),
         work_dir=str(ctx.work_dir),
+        lora=section.lora,
         num_workers=cluster.num_workers,
         cpus_per_worker=cluster.cpus_per_worker,
         use_gpu=cluster.use_gpu,
@@ -81,7 +82,18 @@ def evaluated(run: Callable[..., StageResult]) -> Callable[..., StageResult]:
     return run_and_evaluate
 
 
-LM_KEYS = ("loss", "aux_loss", "tokens_per_s", "mfu", "max_attn_logit")
+# The dataset's counts (training.loop.data_metrics): records read, kept, dropped and truncated for
+# being longer than seq_len (SFT), rows and tokens trained on, and the padding share of packed rows.
+DATA_KEYS = (
+    "data_records",
+    "data_kept",
+    "data_dropped",
+    "data_truncated",
+    "data_rows",
+    "data_tokens",
+    "data_padding_share",
+)
+LM_KEYS = ("loss", "aux_loss", "tokens_per_s", "mfu", "max_attn_logit", *DATA_KEYS)
 
 
 def _train_lm(

@@ -151,10 +151,10 @@ def test_unknown_stage_is_named(two_stages):
         pipeline.run_pipeline(cfg("stages=[pretrian]"))
 
 
-def test_missing_upstream_is_named(two_stages):
+def test_a_missing_upstream_without_inputs_of_its_own_runs_first(two_stages):
     cfg, _ = two_stages
-    with pytest.raises(RuntimeError, match="needs its input 'numbers' from stage 'produce'"):
-        pipeline.run_pipeline(cfg("stages=[consume]"))
+    pipeline.run_pipeline(cfg("stages=[consume]"))
+    assert CALLS == ["produce", "consume"]
 
 
 def test_a_stage_reading_config_it_does_not_declare_fails_naming_the_section(two_stages, monkeypatch):
@@ -299,3 +299,60 @@ def test_inputs_name_what_is_missing():
     with pytest.raises(KeyError, match=r"stage 'serve' has no input 'model' in this run; it has \['eval'\]"):
         ctx.input("model")
     assert ctx.source_metric("eval", "pass@1") is None
+
+
+def test_a_run_can_start_at_any_stage_from_the_users_model(tmp_path):
+    """`stages=[rlvr,distill,serve] model.pretrained=<dir>`: the data stage is added (it needs no
+    model), the model inputs fall back to model.pretrained, and the manifest says which they took."""
+    from orchestration.artifacts import Manifest
+
+    mine = tmp_path / "my_model"
+    cfg = compose(["stages=[rlvr,distill,serve]", f"model.pretrained={mine}"])
+    nothing = {}.get
+    names = [s.name for s in pipeline.with_source_stages(pipeline.resolve_stages(cfg.stages), nothing, cfg)]
+    assert names == ["data", "rlvr", "distill", "serve"]
+    # Without a model to start from, nothing that needs one is added behind the user's back.
+    bare = compose(["stages=[rlvr]"])
+    assert [
+        s.name for s in pipeline.with_source_stages(pipeline.resolve_stages(bare.stages), nothing, bare)
+    ] == [
+        "data",
+        "rlvr",
+    ]
+    data = Manifest("data", "h", {}, {}, {k: k for k in ("tokenizer", "rl", "eval")}, {}, {}, {}, 0.0, "", {})
+    finished = {"data": data}
+    inputs, sources = pipeline.resolve_inputs(STAGES["rlvr"], finished.get, tmp_path, cfg)
+    assert inputs["start"] == mine and sources["start"] == "config:model.pretrained"
+    with pytest.raises(RuntimeError, match="add 'sft' to `stages`, or set model.pretrained"):
+        pipeline.resolve_inputs(STAGES["rlvr"], finished.get, tmp_path, bare)
+    # A finished upstream model wins over the config's.
+    finished["sft"] = Manifest("sft", "h", {}, {}, {"model": "model"}, {}, {}, {}, 0.0, "", {})
+    inputs, sources = pipeline.resolve_inputs(STAGES["rlvr"], finished.get, tmp_path, cfg)
+    assert inputs["start"] == tmp_path / "sft" / "model" and sources["start"] == "sft"
+    assert pipeline._source_label(STAGES["rlvr"], "start", "sft") == "sft.model"
+    assert (
+        pipeline._source_label(STAGES["rlvr"], "start", "config:model.pretrained")
+        == "config:model.pretrained"
+    )
+
+
+def test_dotted_reads_expose_one_field_and_key_the_cache_on_it():
+    cfg = compose(["model.pretrained=/m"])
+    view = STAGES["data"].view(cfg)
+    assert view.model.pretrained == "/m" and view.task.seed == cfg.task.seed
+    with pytest.raises(AttributeError, match=r"read cfg.model.hidden_size.*'model.pretrained'"):
+        _ = view.model.hidden_size
+    assert pipeline.config_slice(cfg, STAGES["data"].reads)["model.pretrained"] == "/m"
+    assert STAGES["data"].reads_key("model.pretrained") and STAGES["data"].reads_key("model")
+    assert not STAGES["data"].reads_key("model.hidden_size")
+    with pytest.raises(ValueError, match="inputs from config it does not read"):
+        StageSpec(
+            "x", lambda c, x: None, reads=("task",), inputs={"m": first_of("a.b", config="model.pretrained")}
+        )
+
+
+def test_a_missing_pretrained_directory_fails_before_anything_runs(tmp_path):
+    cfg = compose([f"model.pretrained={tmp_path / 'nowhere'}"])
+    with pytest.raises(FileNotFoundError, match="make smollm2"):
+        pipeline.with_local_model(cfg, tmp_path / "_models")
+    assert pipeline.with_local_model(compose([]), tmp_path).model.pretrained is None

@@ -118,7 +118,13 @@ def test_a_value_needing_spaces_cannot_become_an_override():
             "++sweep.space.model.num_experts='uniform(2, 8)'",
             "sweep.space.model.num_experts: value 2.0 is not valid",
         ),
-        ("++sweep.space.model='choice([moe_tiny, nope])'", "sweep.space.model: value 'nope' is not valid"),
+        (
+            "++sweep.space.optimizer='choice([adamw, nope])'",
+            "sweep.space.optimizer: value 'nope' is not valid",
+        ),
+        # The data stage reads model.pretrained (a pretrained model brings its tokenizer), so a
+        # whole model preset cannot vary under a sweep that runs data once.
+        ("++sweep.space.model='choice([moe_tiny, moe_small])'", "also read by upstream stage 'data'"),
         ("++sweep.space.task.seed='choice([1, 2])'", "stage 'pretrain' does not read 'task.seed'"),
     ],
 )

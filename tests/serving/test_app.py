@@ -194,7 +194,7 @@ BAD_INPUTS = [  # (id, endpoint, body: bytes or JSON, status, param, code)
     (
         "role_the_template_refuses",
         "chat",
-        {"model": MODEL, "messages": [{"role": "system", "content": "hi"}]},
+        {"model": MODEL, "messages": [{"role": "developer", "content": "hi"}]},
         400,
         "messages",
         "invalid_value",

@@ -33,6 +33,7 @@ def _eval_split(path, answers: list[str]) -> None:
             "id": [f"q{i}" for i in range(n)],
             "task": ["arithmetic"] * n,
             "question": QUESTIONS,
+            "messages": [json.dumps([{"role": "user", "content": q}]) for q in QUESTIONS],
             "prompt": [render_prompt(q) for q in QUESTIONS],
             "answer": answers,
             "meta": [json.dumps({"row": i}) for i in range(n)],

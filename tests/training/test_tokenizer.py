@@ -78,8 +78,13 @@ def test_chat_template_renders_the_documented_format(trained):
     whole = tokenizer.apply_chat_template([user, assistant], tokenize=False)
     assert whole == render_prompt("Compute 3+4") + render_completion(assistant["content"])
     assert whole.endswith("<|assistant|>\n<think>3+4=7</think> <answer>7</answer><|endoftext|>")
-    with pytest.raises(jinja2.exceptions.TemplateError, match="user and assistant turns only"):
-        tokenizer.apply_chat_template([{"role": "system", "content": "x"}, user], tokenize=False)
+    system = {"role": "system", "content": "Be brief."}
+    with_system = tokenizer.apply_chat_template([system, user], add_generation_prompt=True, tokenize=False)
+    assert with_system == render_prompt("Compute 3+4", "Be brief.") == f"<|system|>\nBe brief.\n{prompt}"
+    with pytest.raises(
+        jinja2.exceptions.TemplateError, match="system, user and assistant turns; got role tool"
+    ):
+        tokenizer.apply_chat_template([{"role": "tool", "content": "x"}, user], tokenize=False)
 
 
 def test_prompt_and_completion_tokenize_independently(trained, samples):

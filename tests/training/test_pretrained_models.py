@@ -1,0 +1,58 @@
+"""A user's pretrained model: loaded whatever its architecture, and never paired with a tokenizer
+whose ids mean other strings (teacher/student, target/draft, model/run)."""
+
+from __future__ import annotations
+
+import pytest
+from pretrained_model import save_tiny_llama
+from transformers import AutoTokenizer
+
+from rl.tasks.format import FORMAT_TAGS
+from serving.engine import Engine
+from training.config import ModelConfig
+from training.models import ARCHS, build_model
+from training.tokenizer import check_same_vocabulary, train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def ours(tmp_path_factory):
+    corpus = ["What is 2 + 3?", "<think>2+3=5</think> <answer>5</answer>"] * 20
+    return train_tokenizer(corpus, 320, tmp_path_factory.mktemp("ours"), FORMAT_TAGS)
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    return save_tiny_llama(tmp_path_factory.mktemp("llama") / "m")
+
+
+def test_a_model_with_another_tokenizer_fails_naming_both_vocabularies(ours, llama_dir):
+    n = len(ours)
+    with pytest.raises(ValueError, match=rf"vocabulary of 49152 tokens .*one of {n} tokens"):
+        build_model(ModelConfig(pretrained=str(llama_dir)), ours)
+    smollm2 = AutoTokenizer.from_pretrained(llama_dir)
+    with pytest.raises(ValueError, match=rf"the teacher and the student .*49152 tokens.*{n} tokens"):
+        check_same_vocabulary(smollm2, "the teacher", ours, "the student")
+    check_same_vocabulary(smollm2, "a", AutoTokenizer.from_pretrained(llama_dir), "b")  # same: passes
+    model = build_model(ModelConfig(pretrained=str(llama_dir)), smollm2)
+    assert model.config.model_type == "llama" and model.config.vocab_size == 49152
+
+
+def test_a_draft_with_another_tokenizer_fails_at_load_naming_both(ours, llama_dir, tmp_path):
+    draft = tmp_path / "draft"
+    build_model(
+        ModelConfig(arch="llama", hidden_size=16, num_attention_heads=2, num_key_value_heads=1, head_dim=8),
+        ours,
+    ).save_pretrained(draft)
+    ours.save_pretrained(draft)
+    with pytest.raises(
+        ValueError,
+        match=rf"different tokenizers: the target's vocabulary has 49152 tokens.*the draft's {len(ours)}",
+    ):
+        Engine.from_pretrained(llama_dir, draft_dir=draft)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_every_registered_architecture_builds_fresh_with_the_tokenizers_vocabulary(arch, ours):
+    cfg = ModelConfig(arch=arch, hidden_size=16, num_attention_heads=2, num_key_value_heads=1, head_dim=8)
+    model = build_model(cfg, ours)
+    assert model.config.model_type == arch and model.get_input_embeddings().num_embeddings == len(ours)
