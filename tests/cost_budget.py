@@ -20,8 +20,9 @@ BUDGETS = {
     "session": {"ray_start": 1},
     "default": {"train_run": 0, "ray_start": 0},
     # make demo twice (5 training runs: pretrain, sft, rlvr, distill and its baseline), the sweep
-    # (its command interrupted, resumed, the best rerun: 5), the training loop (3), GRPO (1).
-    "slow": {"train_run": 14, "ray_start": 4},
+    # (its command interrupted, resumed, the best rerun: 5), the training loop (3), GRPO (1), a
+    # pretrained model with its own tokenizer through sft, rlvr and distill (3).
+    "slow": {"train_run": 17, "ray_start": 4},
 }
 SESSION = "test session"
 

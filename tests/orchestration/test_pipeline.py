@@ -356,3 +356,18 @@ def test_a_missing_pretrained_directory_fails_before_anything_runs(tmp_path):
     with pytest.raises(FileNotFoundError, match="make smollm2"):
         pipeline.with_local_model(cfg, tmp_path / "_models")
     assert pipeline.with_local_model(compose([]), tmp_path).model.pretrained is None
+
+
+def test_model_sources_fail_offline_and_without_the_preset_package_naming_what_to_do(tmp_path, monkeypatch):
+    from orchestration import model_sources
+
+    assert model_sources.localize(str(tmp_path), tmp_path) == str(tmp_path)  # a local path stays
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="could not download 'org/model'.*without a network"):
+        model_sources.localize("hf://org/model", tmp_path / "cache")
+    fake = model_sources.GgufPreset("no_such_pkg_rf", "no-such-pkg==1", "m.gguf", "")
+    monkeypatch.setitem(model_sources.PRESETS, "fake", fake)
+    with pytest.raises(FileNotFoundError, match=r"'no_such_pkg_rf' is not installed; `make smollm2`"):
+        model_sources.prepare_preset("fake", tmp_path / "out")
+    with pytest.raises(KeyError, match="unknown model preset 'nope'"):
+        model_sources.prepare_preset("nope", tmp_path / "out")
