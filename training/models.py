@@ -129,7 +129,9 @@ def check_tokenizer(model_dir: str | Path, tok: PreTrainedTokenizerBase) -> None
     from training.tokenizer import check_same_vocabulary, load_tokenizer
 
     if (Path(model_dir) / "tokenizer.json").is_file():
-        check_same_vocabulary(load_tokenizer(model_dir), f"the model at {model_dir}", tok, "the run's tokenizer")
+        check_same_vocabulary(
+            load_tokenizer(model_dir), f"the model at {model_dir}", tok, "the run's tokenizer"
+        )
 
 
 def is_moe(model: PreTrainedModel) -> bool:

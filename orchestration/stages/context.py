@@ -63,7 +63,9 @@ class StageSpec:
     reads_all_manifests: bool = False
 
     def __post_init__(self) -> None:
-        unread = [f"{n}: {i.config}" for n, i in self.inputs.items() if i.config and not self.reads_key(i.config)]
+        unread = [
+            f"{n}: {i.config}" for n, i in self.inputs.items() if i.config and not self.reads_key(i.config)
+        ]
         if unread:
             raise ValueError(f"stage {self.name!r} takes inputs from config it does not read: {unread}")
 

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import load_from_disk
+from net import free_port
 from pretrained_model import SMOLLM2_TOKENIZER, save_tiny_llama
+from ray import serve
 from transformers import AutoConfig, AutoTokenizer
 
 from orchestration.cli import compose
@@ -91,9 +93,13 @@ def test_a_pretrained_model_with_its_own_tokenizer_runs_sft_rlvr_distill_serve(r
             "eval.max_new_tokens=12",
             "logging.wandb_mode=disabled",
             "logging.progress=false",
+            f"serve.port={free_port()}",
         ]
     )
-    run_pipeline(cfg)
+    try:
+        run_pipeline(cfg)
+    finally:  # the Serve instance belongs to the test session's Ray: leave none for later tests
+        serve.shutdown()
     run = tmp_path / "runs" / "byo"
     smollm2 = AutoTokenizer.from_pretrained(SMOLLM2_TOKENIZER)
 

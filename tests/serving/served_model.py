@@ -7,7 +7,6 @@ longer context so a stream can run long enough to be cut off mid-way.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,12 +42,6 @@ def save_tiny_models(root: Path) -> ServedModel:
         model.config.max_position_embeddings = CONTEXT  # RoPE has no trained length to respect here
         model.save_pretrained(root / name)
     return ServedModel(str(root / "target"), str(root / "draft"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

@@ -16,9 +16,10 @@ import time
 import httpx
 import pytest
 import ray
+from net import free_port
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
-from served_model import CONTEXT, free_port, replica_count, save_tiny_models, serving
+from served_model import CONTEXT, replica_count, save_tiny_models, serving
 
 from rl.tasks.format import extract_answer
 from serving.app import build_app

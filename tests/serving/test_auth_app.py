@@ -11,8 +11,9 @@ import httpx
 import openai
 import pytest
 import ray
+from net import free_port
 from prometheus_client.parser import text_string_to_metric_families
-from served_model import free_port, save_tiny_models, serving
+from served_model import save_tiny_models, serving
 
 from serving.app import build_app
 

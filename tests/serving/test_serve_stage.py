@@ -8,12 +8,13 @@ from pathlib import Path
 
 import yaml
 from datasets import Dataset
+from net import free_port
 from ray import serve
 from ray._common.utils import import_attr
 from ray.serve import Application
 from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 from ray.serve.schema import ServeDeploySchema
-from served_model import free_port, save_tiny_models
+from served_model import save_tiny_models
 
 from orchestration.cli import compose
 from orchestration.stages import StageContext
