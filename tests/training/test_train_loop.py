@@ -108,8 +108,8 @@ def test_killed_worker_is_replaced_and_the_run_finishes(killed_run):
 @pytest.mark.slow
 def test_training_lowers_the_loss_and_exports_a_loadable_model(killed_run):
     _, tmp, last = killed_run
-    # fit counts them: 159,744 / 110,592 at a 499-token vocabulary, + 2 x 64 for the embedding row
-    # and output row of `<|system|>`, the fourth special token.
+    # fit counts them (hidden size 64; `<|system|>`, the fourth special token, added one
+    # embedding row and one output row: +128 over the 159,744 / 110,592 before it).
     assert (last["params_total"], last["params_active"]) == (159_872, 110_720)
     rows = read_metrics(tmp / "track")
     for key in ("loss", "aux_loss", "tokens_per_s", "mfu", "max_attn_logit", "expert_share/3", "lr"):
