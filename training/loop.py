@@ -185,7 +185,9 @@ class _Worker:
     rank: int
     world: int
     accum: int
-    params: dict[str, int]  # {"params_total", "params_active"} of the whole model
+    # Constant through the run, reported with every checkpoint so that `fit` returns them:
+    # params_total and params_active of the whole model, and the dataset's data_* counts.
+    summary: dict[str, float]
     flops_per_token: float
     peak_flops: float
     set_param: Callable
@@ -282,7 +284,7 @@ def _build(job: TrainJob) -> _Worker:
         rank=rank,
         world=world,
         accum=ds_cfg["gradient_accumulation_steps"],
-        params={"params_total": counts["total"], "params_active": counts["active"]},
+        summary={"params_total": counts["total"], "params_active": counts["active"]} | data_metrics(source),
         flops_per_token=fpt,
         peak_flops=tcfg.peak_flops_per_worker or measure_peak_flops(device),
         set_param=_deepspeed_set_param(tcfg.zero_stage),
@@ -384,18 +386,15 @@ def _after_step(w: _Worker, step: int, metrics: dict[str, float]) -> None:
     # measured here), so it only carries checkpoints; per-step metrics go through the queue.
     # The last one also carries the parameter counts `fit` returns.
     if done % tcfg.checkpoint_every == 0 or done == tcfg.max_steps:
-        checkpoint.report(w.engine, done, metrics | w.params | data_metrics(w.source))
+        checkpoint.report(w.engine, done, metrics | w.summary)
 
 
 def _log_data(w: _Worker) -> None:
-    """Rank 0 logs how its dataset was built (records dropped, truncated, packed), once at start:
-    a log line, and a step-less message to the driver, which logs it with the next step's row."""
-    data = data_metrics(w.source)
-    if w.rank != 0 or not data:
-        return
-    print(f"[{w.job.name}] data: " + ", ".join(f"{k}={v:.4g}" for k, v in data.items()), flush=True)
-    if w.job.metrics_queue is not None:
-        w.job.metrics_queue.put(data)
+    """Rank 0 logs how its dataset was built (records dropped, truncated, packed), once at start;
+    the counts reach the manifest through `summary`."""
+    data = {k: v for k, v in w.summary.items() if k.startswith("data_")}
+    if w.rank == 0 and data:
+        print(f"[{w.job.name}] data: " + ", ".join(f"{k}={v:.4g}" for k, v in data.items()), flush=True)
 
 
 def _worker(config: dict) -> None:
@@ -415,7 +414,7 @@ def _worker(config: dict) -> None:
     if start >= job.train.max_steps:  # an earlier attempt trained it all and died exporting
         import ray.train
 
-        ray.train.report({"step": start, **w.params, **data_metrics(w.source)})
+        ray.train.report({"step": start, **w.summary})
     w.engine.eval()
     checkpoint.export_hf(w.engine, job.export_dir, w.tokenizer, w.rank)
 
@@ -424,18 +423,12 @@ def _drain(queue, tracker, total: int, stop: threading.Event, last: dict) -> Non
     from ray.util.queue import Empty
 
     bar = tracker.progress(total=total, desc="train")
-    start: dict = {}  # the data counts a worker sends at start, logged with the next step's row
     while not (stop.is_set() and queue.empty()):
         try:
             m = queue.get(timeout=0.5)
         except Empty:
             continue
-        if "step" not in m:
-            start |= m
-            last.update(m)
-            continue
         step = int(m.pop("step"))
-        m, start = start | m, {}
         tracker.log(m, step=step)
         last.update(m, step=step)
         bar.n = step

@@ -23,16 +23,14 @@ import functools
 import json
 import random
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from rl.tasks.base import Sample, Task, register_task
 from rl.tasks.config import DatasetColumns, DatasetConfig, TaskConfig
+from rl.tasks.files import read_table
 from rl.tasks.format import extract_answer
 from rl.tasks.numeric import parse_number, verify_numeric
 
-# File suffix -> the `datasets` builder that reads it.
-_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 ROLES = ("system", "user", "assistant")
 
 Verifier = Callable[[str, str, Mapping[str, Any]], float]
@@ -91,31 +89,7 @@ def read_rows(cfg: DatasetConfig) -> list[tuple[str, list[dict[str, Any]]]]:
     """(source name for error messages, rows) of every source in `cfg`, in order."""
     if cfg.hub is not None:
         return [(f"hub dataset {cfg.hub} ({cfg.split})", _read_hub(cfg))]
-    return [(path, _read_local(Path(path), cfg.split)) for path in cfg.files]
-
-
-def _read_local(path: Path, split: str) -> list[dict[str, Any]]:
-    # `datasets` takes seconds to import; only the file-backed tasks need it.
-    from datasets import DatasetDict, load_dataset, load_from_disk
-
-    if path.is_dir():
-        data = load_from_disk(str(path))
-        if isinstance(data, DatasetDict):
-            if split not in data:
-                raise ValueError(
-                    f"{path}: a saved DatasetDict without the split {split!r} (task.dataset.split); "
-                    f"it has {sorted(data)}"
-                )
-            data = data[split]
-        return data.to_list()
-    if path.suffix not in _BUILDERS:
-        raise ValueError(
-            f"{path}: unsupported file type {path.suffix!r}; task.dataset.files takes {sorted(_BUILDERS)} "
-            "files or directories written by `datasets.save_to_disk`"
-        )
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: listed in task.dataset.files but not found")
-    return load_dataset(_BUILDERS[path.suffix], data_files=str(path), split="train").to_list()
+    return [(path, read_table(path, "task.dataset.files", cfg.split)) for path in cfg.files]
 
 
 def _read_hub(cfg: DatasetConfig) -> list[dict[str, Any]]:

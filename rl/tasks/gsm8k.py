@@ -20,38 +20,27 @@ from typing import Any
 
 from rl.tasks.base import Sample, Task, register_task
 from rl.tasks.config import DATA_DIR
+from rl.tasks.files import read_table
 from rl.tasks.format import format_solution
 from rl.tasks.numeric import parse_number, verify_numeric
 
 # The GSM8K release (openai/grade-school-math): train.jsonl (7473 problems), test.jsonl (1319).
 SHIPPED_DIR = DATA_DIR / "gsm8k"
-# File suffix -> the `datasets` builder that reads it.
-_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 _COLUMNS = ("question", "answer")
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
     """The `question` and `answer` columns of one file, with errors that name the file."""
-    # `datasets` takes seconds to import; only this task needs it, so Ray workers making other
-    # tasks never pay for it.
-    from datasets import load_dataset
-
-    path = Path(path)
-    if path.suffix not in _BUILDERS:
-        raise ValueError(
-            f"{path}: unsupported file type {path.suffix!r}; task.gsm8k_files takes {sorted(_BUILDERS)}"
-        )
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: listed in task.gsm8k_files but not found")
-    data = load_dataset(_BUILDERS[path.suffix], data_files=str(path), split="train")
-    missing = [column for column in _COLUMNS if column not in data.column_names]
+    rows = read_table(path, "task.gsm8k_files")
+    found = sorted(rows[0]) if rows else []
+    missing = [column for column in _COLUMNS if column not in found]
     if missing:
         raise ValueError(
-            f"{path}: missing column(s) {missing}; found {data.column_names}. GSM8K records need "
+            f"{path}: missing column(s) {missing}; found {found}. GSM8K records need "
             "`question` and `answer` ('reasoning ... #### final')"
         )
-    return data.select_columns(list(_COLUMNS)).to_list()
+    return [{column: row[column] for column in _COLUMNS} for row in rows]
 
 
 def to_sample(question: object, answer: object, where: str) -> Sample:

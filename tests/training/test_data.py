@@ -3,8 +3,6 @@ records longer than seq_len dropped, truncated or refused, and always counted.""
 
 from __future__ import annotations
 
-import threading
-from queue import Queue
 from types import SimpleNamespace
 
 import pytest
@@ -14,10 +12,9 @@ from orchestration.stages.train import LM_KEYS, picked
 from rl.tasks.format import FORMAT_TAGS
 from training.config import ExpertParallelConfig, ModelConfig, OptimizerConfig, TrainConfig
 from training.data import IGNORE, PromptCompletionPairs, batch_indices
-from training.loop import TrainJob, _drain, data_metrics
+from training.loop import TrainJob, data_metrics
 from training.recipes import SFT
 from training.tokenizer import render_completion, render_prompt, train_tokenizer
-from training.tracking import LoggingConfig, Tracker, read_metrics
 
 
 def test_batch_indices_partition_each_step_and_cover_an_epoch():
@@ -138,20 +135,3 @@ def test_data_counts_become_metrics_that_the_sft_manifest_keeps(sft, tmp_path):
     assert 0 <= metrics["data_padding_share"] < 1
     last = {"step": 3, "loss": 1.0, "params_total": 10, "params_active": 5, **metrics}
     assert picked(last, LM_KEYS).items() >= metrics.items()
-
-
-def test_the_counts_sent_at_start_are_logged_with_the_first_row_and_returned(tmp_path):
-    # How fit() gets them: rank 0 sends them once, step-less, before its first step's metrics.
-    queue, stop, last = Queue(), threading.Event(), {}
-    for m in ({"data_dropped": 2, "data_kept": 5}, {"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}):
-        queue.put(m)
-    stop.set()
-    tracker = Tracker(tmp_path, "t", LoggingConfig(wandb_mode="disabled", progress=False))
-    try:
-        _drain(queue, tracker, 2, stop, last)
-    finally:
-        tracker.close()
-    rows = read_metrics(tmp_path)
-    assert [r["step"] for r in rows] == [1, 2]  # no extra row
-    assert rows[0]["data_dropped"] == 2 and "data_dropped" not in rows[1]
-    assert last["data_dropped"] == 2 and last["step"] == 2
