@@ -159,6 +159,8 @@ def resolve_inputs(
             manifest = finished(stage)
             if manifest is None:
                 continue
+            if output not in manifest.outputs and not want.required:
+                break  # absent: a stage finished by older code; a later source would be another stage's
             if output not in manifest.outputs:
                 raise RuntimeError(
                     f"stage {spec.name!r} takes {source!r}, but stage {stage!r} has outputs "

@@ -103,23 +103,34 @@ def _label(rec: StageRecord, prefix: str) -> str:
     return rec.name if not prefix else f"{rec.name}\n{prefix.rstrip('_')}"
 
 
+def _pass_bars(rec: StageRecord) -> list[tuple[str, float, float | None]]:
+    """(label, pass@1, its standard error or None) of each model a stage recorded one for; a model
+    it started from outside the run (the user's `model.pretrained`) first, as its own bar."""
+    bars = []
+    if rec.manifest.sources.get("start", "").startswith("config:") and rec.metric("start_pass@1") is not None:
+        bars.append((f"{rec.name}\nstart model", rec.metric("start_pass@1"), None))
+    for p in _prefixed(rec, "pass@1"):
+        if p + "pass@1" not in UPSTREAM_PASS_KEYS:
+            bars.append((_label(rec, p), rec.metric(p + "pass@1"), rec.metric(p + "pass@1_se")))
+    return bars
+
+
 def draw_pass_at_1(records: list[StageRecord]) -> Figure | None:
-    """Held-out pass@1 of every model a stage recorded one for, in pipeline order."""
-    bars = [
-        (_label(rec, p), rec.metric(p + "pass@1"))
-        for rec in records
-        for p in _prefixed(rec, "pass@1")
-        if p + "pass@1" not in UPSTREAM_PASS_KEYS
-    ]
+    """Held-out pass@1 of every model a stage recorded one for, in pipeline order, with a
+    one-standard-error whisker where the stage recorded one."""
+    bars = [bar for rec in records for bar in _pass_bars(rec)]
     if not bars:
         return None
     fig, (ax,) = _figure(1, width=max(4.0, 1.1 * len(bars)))
-    labels, values = zip(*bars, strict=True)
+    labels, values, errors = zip(*bars, strict=True)
     ax.bar(range(len(bars)), values, color="tab:blue")
+    ax.errorbar(
+        range(len(bars)), values, yerr=[e or 0.0 for e in errors], fmt="none", ecolor="black", capsize=3
+    )
     ax.set_xticks(range(len(bars)), labels, fontsize="small")
     for i, v in enumerate(values):
         ax.annotate(f"{v:.3f}", (i, v), ha="center", va="bottom", fontsize="small")
-    ax.set(title="held-out pass@1 per stage", ylim=(0, max(1.0, *values) * 1.1))
+    ax.set(title="held-out pass@1 per stage (± 1 s.e.)", ylim=(0, max(1.0, *values) * 1.1))
     return fig
 
 

@@ -109,6 +109,10 @@ class DistillConfig(StageTrainConfig):
     # The student's architecture (conf/distill/default.yaml selects the dense_tiny preset); it
     # shares the data stage's tokenizer. student.pretrained starts from a local checkpoint.
     student: ModelConfig = field(default_factory=lambda: ModelConfig(arch="qwen3"))
+    # Start the student from these decoder layers of the teacher (with its embeddings, final norm
+    # and head) instead: e.g. [0, 5, 10, 15, 20, 25, 29] of SmolLM2's 30 keeps 23% of its
+    # non-embedding parameters. `student`'s shape is then unused. null: `student` as configured.
+    student_layers: list[int] | None = None
     # The student's loop settings (train.seed orders the prompts and seeds sampling and the
     # on-policy step draw). A step trains on prompts_per_step * samples_per_prompt sequences: that
     # is its global_batch_size, which stays unset here.

@@ -7,7 +7,7 @@ Face causal LM saved there, whatever its architecture), which must share the run
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -123,6 +123,27 @@ def load_model(path: str | Path, expected_vocab: int | None = None, dtype=torch.
     return model
 
 
+def keep_layers(model: PreTrainedModel, layers: Sequence[int]) -> PreTrainedModel:
+    """`model` with only its decoder layers `layers`, in that order and renumbered, everything
+    else (embeddings, final norm, head) kept: a student or draft that starts from its teacher's
+    weights (layer dropping, as in ShortGPT or Sheared-LLaMA's init) instead of from noise."""
+    count = model.config.num_hidden_layers
+    if not layers or len(set(layers)) != len(layers) or not all(0 <= i < count for i in layers):
+        raise ValueError(
+            f"layers must be distinct indices in 0..{count - 1} of the model's {count}; got {list(layers)}"
+        )
+    decoder = model.get_decoder()
+    decoder.layers = torch.nn.ModuleList(decoder.layers[i] for i in layers)
+    for new_index, layer in enumerate(decoder.layers):
+        # The KV cache is indexed by each attention module's layer_idx.
+        if hasattr(layer, "self_attn") and hasattr(layer.self_attn, "layer_idx"):
+            layer.self_attn.layer_idx = new_index
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[i] for i in layers]
+    model.config.num_hidden_layers = len(layers)
+    return model
+
+
 def check_tokenizer(model_dir: str | Path, tok: PreTrainedTokenizerBase) -> None:
     """Fail, naming both, when the model directory's own tokenizer is not `tok`'s vocabulary: its
     embedding rows would mean other strings than the run's token ids."""
@@ -139,12 +160,18 @@ def is_moe(model: PreTrainedModel) -> bool:
 
 
 def parameter_counts(model: PreTrainedModel) -> dict[str, int]:
-    """Total parameters, and active ones per token (experts counted at top-k / num_experts)."""
-    total = sum(p.numel() for p in model.parameters())
+    """Total parameters, active ones per token (experts counted at top-k / num_experts), and
+    active non-embedding ones (without the input embedding and an untied output head): the
+    figure model sizes are compared by, since a small vocabulary-sized matrix costs a lookup."""
+    total = sum(p.numel() for p in model.parameters())  # a tied head is counted once
     experts = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n)
-    if not is_moe(model):
-        return {"total": total, "active": total}
-    c = model.config
-    n_exp = getattr(c, "num_experts", None) or c.num_local_experts
-    active = total - experts + experts * c.num_experts_per_tok // n_exp
-    return {"total": total, "active": active}
+    active = total
+    if is_moe(model):
+        c = model.config
+        n_exp = getattr(c, "num_experts", None) or c.num_local_experts
+        active = total - experts + experts * c.num_experts_per_tok // n_exp
+    embedding, head = model.get_input_embeddings().weight, model.get_output_embeddings()
+    vocab_matrices = embedding.numel()
+    if head is not None and head.weight is not embedding:
+        vocab_matrices += head.weight.numel()
+    return {"total": total, "active": active, "non_embedding": active - vocab_matrices}

@@ -46,6 +46,8 @@ STAGES: dict[str, StageSpec] = {
                 "eval": EVAL,
                 # A run without pretrain fine-tunes the user's model.pretrained.
                 "start": first_of("pretrain.model", config="model.pretrained"),
+                # The start model's per-prompt eval scores, for a paired gain (absent: scored here).
+                "start_scores": optional("pretrain.eval_scores"),
             },
             runs_on=RUNS_ON,
         ),
@@ -60,6 +62,7 @@ STAGES: dict[str, StageSpec] = {
                 "prompts": first_of("data.rl"),
                 "eval": EVAL,
                 "start": first_of("sft.model", "pretrain.model", config="model.pretrained"),
+                "start_scores": optional("sft.eval_scores", "pretrain.eval_scores"),
             },
             runs_on=RUNS_ON,
         ),

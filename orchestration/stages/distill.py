@@ -113,7 +113,7 @@ def run(cfg, ctx: StageContext) -> StageResult:
         load_tokenizer(ctx.input("tokenizer")),
         "the student",
     )
-    init = save_student_init(d, ctx.input("tokenizer"), ctx.work_dir / "student_init")
+    init = save_student_init(d, ctx.input("tokenizer"), ctx.work_dir / "student_init", teacher)
     last = _distill(cfg, ctx, teacher, init)
     outputs, drafts = {"model": "model"}, {"": ctx.out_dir / "model"}
     metrics = {k: last[k] for k in ("loss", "kd_loss", "top1_agreement", "tokens_per_s") if k in last}
@@ -129,11 +129,16 @@ def run(cfg, ctx: StageContext) -> StageResult:
     if teacher_pass is None:  # the rlvr manifest always has it; a hand-built context may not
         teacher_pass = pass_at_1(teacher, eval_dir, cfg.eval)["pass@1"]
     teacher_params = parameter_counts(load_model(teacher))
+    student_params = parameter_counts(load_model(ctx.out_dir / "model"))
     metrics |= {
         "teacher_pass@1": teacher_pass,
         "teacher_params": teacher_params["total"],
         "teacher_params_active": teacher_params["active"],
-        "student_params": last["params_total"],
+        "teacher_params_non_embedding": teacher_params["non_embedding"],
+        "student_params": student_params["total"],
+        "student_params_non_embedding": student_params["non_embedding"],
+        "student_teacher_non_embedding_ratio": student_params["non_embedding"]
+        / teacher_params["non_embedding"],
     }
     ctx.tracker.log({f"summary/{k}": v for k, v in metrics.items()})
     return StageResult(outputs=outputs, metrics=metrics)

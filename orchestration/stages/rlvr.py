@@ -48,7 +48,6 @@ def run(cfg, ctx: StageContext) -> StageResult:
         )
         last = fit(job, ctx.tracker)
     plot_rewards(read_metrics(ctx.out_dir), ctx.out_dir / "reward_curve.png")
-    metrics = picked(last, KEYS)
-    if (start_pass := ctx.source_metric("start", "pass@1")) is not None:
-        metrics["start_pass@1"] = start_pass
-    return StageResult(outputs={"model": "model", "reward_curve": "reward_curve.png"}, metrics=metrics)
+    return StageResult(
+        outputs={"model": "model", "reward_curve": "reward_curve.png"}, metrics=picked(last, KEYS)
+    )

@@ -7,16 +7,19 @@ pretrain: next-token loss over the data stage's packed corpus, from a fresh mode
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from orchestration.stages.context import StageContext, StageResult
-from rl.evaluate import pass_at_1
+from rl.evaluate import EvalScores, eval_split, gain_metrics, prompts_sha, score
 from training.config import ModelConfig, StageTrainConfig, TrainConfig
 from training.loop import Recipe, TrainJob, fit
 from training.recipes import PRETRAIN, SFT
+
+log = logging.getLogger(__name__)
 
 # The config a training stage reads besides its own section; `cluster` is in `runs_on`.
 TRAINING_READS = ("model", "optimizer", "expert_parallel", "eval")
@@ -66,17 +69,42 @@ def picked(last: dict[str, Any], keys: Iterable[str]) -> dict[str, float]:
     }
 
 
+EVAL_SCORES = "eval_scores.json"
+
+
+def _start_scores(cfg, ctx: StageContext) -> EvalScores | None:
+    """The per-prompt eval scores of the model the stage starts from: its upstream stage's, or,
+    for the user's own model (or an upstream stage that kept none, or scored other prompts), scored
+    here once and kept in the work dir so that a resumed attempt does not score it again."""
+    if "start" not in ctx.inputs:
+        return None
+    if "start_scores" in ctx.inputs:
+        upstream = EvalScores.load(ctx.input("start_scores"))
+        if upstream.prompts_sha == prompts_sha(eval_split(ctx.input("eval"), cfg.eval)["prompt"]):
+            return upstream
+    cached = ctx.work_dir / f"start_{EVAL_SCORES}"
+    if cached.exists():
+        return EvalScores.load(cached)
+    log.info("%s: scoring the start model %s on the eval split", ctx.name, ctx.input("start"))
+    scores = score(ctx.input("start"), ctx.input("eval"), cfg.eval)
+    scores.save(cached)
+    return scores
+
+
 def evaluated(run: Callable[..., StageResult]) -> Callable[..., StageResult]:
-    """Add held-out pass@1 of the stage's `model` output to its manifest metrics, and what the
-    stage added over the model it started from (its `start_pass@1`)."""
+    """Add held-out pass@1 (with its standard error) of the stage's `model` output to its manifest
+    metrics, keep the per-prompt scores as the output `eval_scores`, and, for a stage with a
+    `start` model, what it added over that model on the same prompts (paired)."""
 
     def run_and_evaluate(cfg, ctx: StageContext) -> StageResult:
+        start = _start_scores(cfg, ctx)
         result = run(cfg, ctx)
-        scores = pass_at_1(ctx.out_dir / result.outputs["model"], ctx.input("eval"), cfg.eval)
-        ctx.tracker.log({f"eval/{k}": v for k, v in scores.items()})
-        result.metrics.update(scores)
-        if "start_pass@1" in result.metrics:
-            result.metrics["pass@1_gain"] = scores["pass@1"] - result.metrics["start_pass@1"]
+        scores = score(ctx.out_dir / result.outputs["model"], ctx.input("eval"), cfg.eval)
+        scores.save(ctx.out_dir / EVAL_SCORES)
+        result.outputs["eval_scores"] = EVAL_SCORES
+        metrics = scores.metrics() | (gain_metrics(start, scores) if start is not None else {})
+        ctx.tracker.log({f"eval/{k}": v for k, v in metrics.items()})
+        result.metrics.update(metrics)
         return result
 
     return run_and_evaluate

@@ -21,7 +21,7 @@ from rl.rollout.learner import RolloutSource, WeightSync, align
 from rl.rollout.worker import Trajectory
 from rl.tokens import masked_mean
 from training.loop import Recipe, TrainJob
-from training.models import build_model
+from training.models import build_model, keep_layers, load_model
 from training.tokenizer import load_tokenizer
 
 
@@ -104,10 +104,15 @@ def distill_recipe(cfg: DistillConfig, manager) -> Recipe:
     )
 
 
-def save_student_init(cfg: DistillConfig, tokenizer_dir: Path, out: Path) -> Path:
-    """The student's starting weights (fresh, or `student.pretrained`) with the tokenizer: the
-    student workers load it, and the baseline starts from the very same weights."""
+def save_student_init(cfg: DistillConfig, tokenizer_dir: Path, out: Path, teacher: Path) -> Path:
+    """The student's starting weights (fresh, `student.pretrained`, or the teacher's
+    `student_layers`) with the tokenizer: the student workers load it, and the baseline starts
+    from the very same weights."""
     tok = load_tokenizer(tokenizer_dir)
-    build_model(cfg.student, tok).save_pretrained(out)
+    if cfg.student_layers:
+        model = keep_layers(load_model(teacher, expected_vocab=len(tok)), cfg.student_layers)
+    else:
+        model = build_model(cfg.student, tok)
+    model.save_pretrained(out)
     tok.save_pretrained(out)
     return out

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from rl.tasks.config import TaskConfig
+from rl.tasks.format import ANSWER_FORMAT_KEY, as_tagged
 
 
 @dataclass
@@ -114,9 +115,16 @@ def verify(task: str, completion: str, answer: str, meta: Mapping[str, Any] | st
     """
     if isinstance(meta, str):
         meta = json.loads(meta)
-    return get_task(task).verify(completion, answer, meta or {})
+    meta = meta or {}
+    completion = as_tagged(completion, meta.get(ANSWER_FORMAT_KEY, "tags"))
+    return get_task(task).verify(completion, answer, meta)
 
 
 def generate_block(cfg: TaskConfig, task: str, seed: int, index: int, size: int) -> list[Sample]:
-    """Block `index` of `task`'s problem stream: the unit of work the data stage sends to Ray."""
-    return get_task(task)(cfg).block(seed, index, size)
+    """Block `index` of `task`'s problem stream: the unit of work the data stage sends to Ray.
+    A run's `task.answer_format` other than tags travels in each sample's meta to every verifier."""
+    samples = get_task(task)(cfg).block(seed, index, size)
+    if cfg.answer_format != "tags":
+        for sample in samples:
+            sample.meta[ANSWER_FORMAT_KEY] = cfg.answer_format
+    return samples

@@ -13,6 +13,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from rl.tasks.format import ANSWER_FORMATS
+
 # Data shipped inside the package (rl/tasks/data/), found wherever the package is installed.
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -154,6 +156,10 @@ class TaskConfig:
     # chat template; null: none (a pretrained model's template may still add its own default, as
     # SmolLM2's does). A record's own system message (a `messages` dataset) takes precedence.
     system_prompt: str | None = None
+    # Where verifiers read the answer (rl/tasks/format.py): `tags`, the last `<answer>...</answer>`
+    # (what this pipeline's own models learn); `last_number`, the last number in the reply, for a
+    # pretrained chat model that answers in prose (numeric answers only). Recorded in every sample.
+    answer_format: str = "tags"
     # Upper bound on the trained tokenizer's vocabulary, special and format tokens included; the
     # model's embedding size should be `len(tokenizer)`, which can be smaller on a small corpus.
     vocab_size: int = 512
@@ -185,6 +191,10 @@ class TaskConfig:
         if self.pretrain_docs + self.sft_pairs + self.rl_prompts == 0:
             raise ValueError(
                 "task.pretrain_docs, task.sft_pairs and task.rl_prompts are all 0; nothing to train on"
+            )
+        if self.answer_format not in ANSWER_FORMATS:
+            raise ValueError(
+                f"task.answer_format must be one of {ANSWER_FORMATS}; got {self.answer_format!r}"
             )
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"task.eval_fraction must be in (0, 1); got {self.eval_fraction}")

@@ -22,6 +22,17 @@ END_TOKEN = re.compile(r"<\|[A-Za-z_]+\|>")
 # Longest answer text the verifiers look at; anything longer is garbage, not a number or expression.
 MAX_ANSWER_CHARS = 200
 
+# How a verifier finds the answer in a completion (`task.answer_format`): `tags`, the last closed
+# `<answer>` pair (strict: a model must have learnt the format); `last_number`, the last number
+# anywhere in the reply (lm-evaluation-harness's "flexible extract"), for pretrained chat models that
+# answer in prose and never write the tags - a 135M instruct model wrote them in 0 of 48 replies
+# when its system prompt asked for them, which leaves RL no reward to learn from.
+ANSWER_FORMATS = ("tags", "last_number")
+# Meta key that carries a sample's answer format from the data stage to every verifier.
+ANSWER_FORMAT_KEY = "answer_format"
+# A number as prose writes it: optional sign, thousands separators, decimals; ASCII digits only.
+_PROSE_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?", re.ASCII)
+
 
 def format_solution(reasoning: str, answer: str) -> str:
     """A completion in the answer format."""
@@ -61,3 +72,23 @@ def is_well_formed(completion: object) -> bool:
         and not completion[think_close + len(THINK_CLOSE) : answer_open].strip()
         and (not tail or END_TOKEN.fullmatch(tail) is not None)
     )
+
+
+def last_number(completion: object) -> str | None:
+    """The last number in the completion with thousands separators dropped ("1,234.5" -> "1234.5"),
+    or None if it has none."""
+    if not isinstance(completion, str):
+        return None
+    numbers = _PROSE_NUMBER.findall(completion)
+    return numbers[-1].replace(",", "") if numbers else None
+
+
+def as_tagged(completion: str, answer_format: str) -> str:
+    """The completion as the tag-reading verifiers see it under `answer_format`: unchanged for
+    `tags`; for `last_number`, just `<answer>{last number}</answer>` (empty when there is none)."""
+    if answer_format == "tags":
+        return completion
+    if answer_format == "last_number":
+        number = last_number(completion)
+        return "" if number is None else f"{ANSWER_OPEN}{number}{ANSWER_CLOSE}"
+    raise ValueError(f"unknown answer format {answer_format!r}; known: {ANSWER_FORMATS}")

@@ -6,7 +6,8 @@ index>, size=block_size, **config)`, so any worker makes any block and the strea
 the seed. The solution is `<think></think> <answer>{reference answer}</answer>`: reasoning-gym
 0.1.25 entries carry no worked reasoning. The verifier passes the `<answer>` text to the
 generator's `score_answer(answer, entry)` with the entry rebuilt from the sample's meta, which
-holds it as JSON; the scorer's dataset object is built once per (name, config) in each process.
+holds it as JSON, and counts full credit only; the scorer's dataset object is built once per
+(name, config) in each process.
 
 Entries the answer format cannot score are dropped with a warning: those without a reference
 answer (boxnet, graph_color, rubiks_cube: many answers are right), with a reference answer longer
@@ -158,5 +159,9 @@ class ReasoningGymTask(Task):
 
     @staticmethod
     def verify(completion: str, answer: str, meta: Mapping[str, Any]) -> float:
+        """1.0 when the generator's scorer gives full credit, else 0.0. Many generators inherit
+        reasoning-gym's default scorer, which gives len(reference) / len(answer) to an answer that
+        merely contains the reference: "-1" or "10" for 1 would score 0.5, a reward for wrong
+        answers and a fraction in pass@1."""
         extracted = extract_answer(completion)
-        return 0.0 if extracted is None else score(extracted, meta)
+        return float(extracted is not None and score(extracted, meta) == 1.0)

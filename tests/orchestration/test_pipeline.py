@@ -329,6 +329,16 @@ def test_a_run_can_start_at_any_stage_from_the_users_model(tmp_path):
     finished["sft"] = Manifest("sft", "h", {}, {}, {"model": "model"}, {}, {}, {}, 0.0, "", {})
     inputs, sources = pipeline.resolve_inputs(STAGES["rlvr"], finished.get, tmp_path, cfg)
     assert inputs["start"] == tmp_path / "sft" / "model" and sources["start"] == "sft"
+    # That sft finished before stages kept per-prompt scores: the start scores are absent (the
+    # stage scores its start model itself), not taken from pretrain, which scored another model.
+    finished["pretrain"] = Manifest(
+        "pretrain", "h", {}, {}, {"model": "model", "eval_scores": "e.json"}, {}, {}, {}, 0.0, "", {}
+    )
+    inputs, _ = pipeline.resolve_inputs(STAGES["rlvr"], finished.get, tmp_path, cfg)
+    assert inputs["start"] == tmp_path / "sft" / "model" and "start_scores" not in inputs
+    finished["sft"].outputs["eval_scores"] = "e.json"
+    inputs, _ = pipeline.resolve_inputs(STAGES["rlvr"], finished.get, tmp_path, cfg)
+    assert inputs["start_scores"] == tmp_path / "sft" / "e.json"
     assert pipeline._source_label(STAGES["rlvr"], "start", "sft") == "sft.model"
     assert (
         pipeline._source_label(STAGES["rlvr"], "start", "config:model.pretrained")

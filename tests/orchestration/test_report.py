@@ -215,3 +215,17 @@ def test_report_stage_reads_finished_stages_and_reruns_when_one_changes(report_c
     assert json.loads((run_dir / "report" / MANIFEST).read_text())["metrics"]["stages_reported"] == len(
         registered
     )
+
+
+def test_the_pass_at_1_bars_show_a_users_start_model_and_each_standard_error():
+    from orchestration.report_plots import StageRecord, _pass_bars
+
+    def record(sources: dict, metrics: dict) -> StageRecord:
+        manifest = Manifest("rlvr", "h", {}, {}, {}, {}, {}, metrics, 0.0, "", {}, sources)
+        return StageRecord("rlvr", manifest, [])
+
+    metrics = {"pass@1": 0.4, "pass@1_se": 0.02, "start_pass@1": 0.17}
+    own = record({"start": "config:model.pretrained"}, metrics)
+    assert _pass_bars(own) == [("rlvr\nstart model", 0.17, None), ("rlvr", 0.4, 0.02)]
+    # Started from sft in the same run: sft has its own bar, so no copy of it here.
+    assert _pass_bars(record({"start": "sft.model"}, metrics)) == [("rlvr", 0.4, 0.02)]

@@ -6,7 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rl.tasks.format import FORMAT_TAGS, MAX_ANSWER_CHARS, extract_answer, format_solution, is_well_formed
+from rl.tasks.format import (
+    FORMAT_TAGS,
+    MAX_ANSWER_CHARS,
+    as_tagged,
+    extract_answer,
+    format_solution,
+    is_well_formed,
+    last_number,
+)
 from training.tokenizer import EOS
 
 # Text that cannot contain a format tag (no "<"), so it is valid inside either block.
@@ -79,3 +87,27 @@ def test_extraction_stays_linear_on_many_unclosed_tags():
     completion = "<answer>1 " * 200_000 + "</answer>"
     assert extract_answer(completion) == "1"
     assert extract_answer("<answer>1 " * 200_000) is None
+
+
+@pytest.mark.parametrize(
+    "text, number",
+    [
+        ("The answer is 7.", "7"),
+        ("5 - 3 = 2. So we get 2, not 3.5", "3.5"),
+        ("It costs $1,234.50 in total", "1234.50"),
+        ("(-9) / 9 = -1", "-1"),
+        ("no digits here", None),
+        ("", None),
+        ("٣ + ٤", None),  # Arabic-Indic digits are not read as numbers
+    ],
+)
+def test_last_number_reads_the_last_number_as_prose_writes_it(text, number):
+    assert last_number(text) == number
+
+
+def test_as_tagged_lets_the_tag_reading_verifiers_read_a_prose_answer():
+    assert as_tagged("first 3, then 4", "last_number") == "<answer>4</answer>"
+    assert as_tagged("no number", "last_number") == ""
+    assert as_tagged("<answer>3</answer> then 4", "tags") == "<answer>3</answer> then 4"
+    with pytest.raises(ValueError, match="unknown answer format 'boxed'"):
+        as_tagged("x", "boxed")

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from rl.tasks import generate_block, verify
 from rl.tasks.config import ReasoningGymConfig, TaskConfig
-from rl.tasks.reasoning_gym import _scorer
+from rl.tasks.reasoning_gym import _scorer, score
 
 GENERATORS = {
     "chain_sum": {"min_terms": 2, "max_terms": 3, "max_digits": 2},
@@ -131,3 +131,36 @@ def test_the_verifier_never_raises_on_arbitrary_text(text):
             0.0 <= verify("reasoning_gym", f"<answer>{text}</answer>", meta["entry"]["answer"], meta) <= 1.0
         )
         assert 0.0 <= verify("reasoning_gym", text, meta["entry"]["answer"], meta) <= 1.0
+
+
+def test_a_run_that_reads_the_last_number_scores_prose_replies_and_says_so_in_each_sample():
+    """task.answer_format=last_number: the samples carry it to every verifier (a rollout worker
+    sees only the stored meta), and a prose reply ending in the right number scores 1."""
+    cfg = TaskConfig(
+        tasks=["reasoning_gym"],
+        answer_format="last_number",
+        reasoning_gym=ReasoningGymConfig(
+            "basic_arithmetic", {"min_terms": 2, "max_terms": 2, "max_digits": 1}
+        ),
+    )
+    samples = generate_block(cfg, "reasoning_gym", 0, 0, 8)
+    for sample in samples:
+        meta = json.dumps(sample.meta)
+        assert sample.meta["answer_format"] == "last_number"
+        assert verify("reasoning_gym", f"So the result is {sample.answer}.", sample.answer, meta) == 1.0
+        assert verify("reasoning_gym", f"It is {sample.answer}, or maybe 1000.", sample.answer, meta) == 0.0
+        assert verify("reasoning_gym", "I cannot say.", sample.answer, meta) == 0.0
+    tagged = generate_block(_cfg("basic_arithmetic", {"max_digits": 1}), "reasoning_gym", 0, 0, 4)
+    assert all("answer_format" not in s.meta for s in tagged)
+    assert verify("reasoning_gym", f"It is {tagged[0].answer}.", tagged[0].answer, tagged[0].meta) == 0.0
+    with pytest.raises(ValueError, match="task.answer_format must be one of"):
+        TaskConfig(answer_format="boxed")
+
+
+def test_partial_credit_from_the_default_scorer_is_no_credit():
+    """reasoning-gym's default scorer gives 0.5 to "10" for the answer 1 (it contains "1")."""
+    entry = {"question": "Calculate 9 - 8.", "answer": "1", "metadata": {}}
+    meta = {"dataset": "basic_arithmetic", "config": {}, "entry": entry}
+    assert score("10", meta) == 0.5
+    assert verify("reasoning_gym", "<answer>10</answer>", "1", meta) == 0.0
+    assert verify("reasoning_gym", "<answer>1</answer>", "1", meta) == 1.0
