@@ -57,3 +57,18 @@ def test_cli_exits_nonzero_on_misspelt_key():
 def test_bad_sweep_settings_fail_naming_the_key(override, message):
     with pytest.raises(Exception, match=message):
         compose([override])
+
+
+def test_the_smollm2_experiment_composes_with_what_its_comments_promise():
+    """conf/experiment/smollm2_arithmetic.yaml: a misspelt key there would fail only at run time,
+    after `make smollm2`; here it fails in a second."""
+    cfg = compose(["+experiment=smollm2_arithmetic"])
+    assert cfg.model.pretrained.endswith("models/smollm2-135m-instruct")
+    assert cfg.task.tasks == ["reasoning_gym"] and cfg.task.answer_format == "last_number"
+    assert (
+        cfg.task.reasoning_gym.dataset == "basic_arithmetic"
+        and cfg.eval.limit == cfg.task.eval_prompts == 500
+    )
+    assert cfg.rlvr.lora.enabled and cfg.stages == ["data", "rlvr", "distill", "serve", "report"]
+    # 7 of SmolLM2's 30 layers: at most a quarter of its non-embedding parameters.
+    assert len(cfg.distill.student_layers) / 30 <= 0.25
