@@ -178,6 +178,12 @@ class DistillConfig(StageTrainConfig):
             "max_staleness": self.max_staleness >= 1 or self.mode == "sync",
             "sample_temperature": self.sample_temperature >= 0,
             "prompts_split": self.prompts_split in ("rl", "sft"),
+            "student_layers": self.student_layers is None
+            or (
+                len(self.student_layers) > 0
+                and len(set(self.student_layers)) == len(self.student_layers)
+                and min(self.student_layers) >= 0
+            ),
         }
         counts = (
             "prompts_per_step",
@@ -195,5 +201,5 @@ class DistillConfig(StageTrainConfig):
                 f"distill: invalid {', '.join(f'{b}={getattr(self, b)!r}' for b in bad)}; expected "
                 "0<beta<1, temperature>0, kd_top_k>=1 or null, 0<=on_policy_fraction<=1, mode sync or "
                 "async, max_staleness>=1 in async mode, sample_temperature>=0, prompts_split rl or sft, "
-                "and counts >= 1"
+                "counts >= 1, and student_layers null or distinct layer indices >= 0"
             )

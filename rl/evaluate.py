@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,7 +50,10 @@ class EvalScores:
         return out
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self)))
+        """Written whole or not at all: a resumed stage reads the start model's scores back."""
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(json.dumps(asdict(self)))
+        os.replace(partial, path)
 
     @classmethod
     def load(cls, path: Path) -> EvalScores:
@@ -74,18 +78,28 @@ def paired_difference(before: Sequence[float], after: Sequence[float]) -> tuple[
 
 
 def gain_metrics(start: EvalScores, end: EvalScores) -> dict[str, float]:
-    """What a stage added over the model it started from, on the same prompts, paired."""
+    """What a stage added over the model it started from, on the same prompts, paired (the
+    standard errors need at least two prompts)."""
     if start.prompts_sha != end.prompts_sha:
         raise ValueError(
             "the start model was scored on other eval prompts; a paired gain needs the same ones"
         )
-    gain, se = paired_difference(start.scores, end.scores)
-    return {"start_pass@1": sum(start.scores) / len(start.scores), "pass@1_gain": gain, "pass@1_gain_se": se}
+    n, before = len(start.scores), sum(start.scores) / len(start.scores)
+    out = {"start_pass@1": before, "pass@1_gain": sum(end.scores) / n - before}
+    if n >= 2:
+        out["start_pass@1_se"] = binomial_se(before, n)
+        out["pass@1_gain_se"] = paired_difference(start.scores, end.scores)[1]
+    return out
 
 
 def eval_split(eval_dir: str | Path, cfg: EvalConfig) -> Dataset:
     """The prompts an evaluation scores: the first `cfg.limit` of the eval split."""
     ds = load_from_disk(str(eval_dir))
+    if len(ds) == 0 or cfg.limit < 1:
+        raise ValueError(
+            f"no held-out prompts to score ({len(ds)} in {eval_dir}, eval.limit={cfg.limit}); "
+            "set task.eval_prompts and eval.limit >= 1"
+        )
     return ds.select(range(min(cfg.limit, len(ds))))
 
 

@@ -130,7 +130,8 @@ def keep_layers(model: PreTrainedModel, layers: Sequence[int]) -> PreTrainedMode
     count = model.config.num_hidden_layers
     if not layers or len(set(layers)) != len(layers) or not all(0 <= i < count for i in layers):
         raise ValueError(
-            f"layers must be distinct indices in 0..{count - 1} of the model's {count}; got {list(layers)}"
+            f"layers must be distinct indices in 0..{count - 1} of the model's {count} "
+            f"(distill.student_layers); got {list(layers)}"
         )
     decoder = model.get_decoder()
     decoder.layers = torch.nn.ModuleList(decoder.layers[i] for i in layers)
@@ -160,9 +161,10 @@ def is_moe(model: PreTrainedModel) -> bool:
 
 
 def parameter_counts(model: PreTrainedModel) -> dict[str, int]:
-    """Total parameters, active ones per token (experts counted at top-k / num_experts), and
-    active non-embedding ones (without the input embedding and an untied output head): the
-    figure model sizes are compared by, since a small vocabulary-sized matrix costs a lookup."""
+    """Total parameters, active ones per token (experts counted at top-k / num_experts), and the
+    active ones outside the vocabulary matrices (input embedding, and output head when untied):
+    the usual figure for comparing model sizes, as those matrices scale with the tokenizer rather
+    than with the model's depth and width."""
     total = sum(p.numel() for p in model.parameters())  # a tied head is counted once
     experts = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n)
     active = total

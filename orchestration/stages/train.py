@@ -87,6 +87,7 @@ def _start_scores(cfg, ctx: StageContext) -> EvalScores | None:
         return EvalScores.load(cached)
     log.info("%s: scoring the start model %s on the eval split", ctx.name, ctx.input("start"))
     scores = score(ctx.input("start"), ctx.input("eval"), cfg.eval)
+    cached.parent.mkdir(parents=True, exist_ok=True)  # a sweep trial's work dir is made by fit
     scores.save(cached)
     return scores
 

@@ -109,7 +109,7 @@ def save_student_init(cfg: DistillConfig, tokenizer_dir: Path, out: Path, teache
     `student_layers`) with the tokenizer: the student workers load it, and the baseline starts
     from the very same weights."""
     tok = load_tokenizer(tokenizer_dir)
-    if cfg.student_layers:
+    if cfg.student_layers is not None:
         model = keep_layers(load_model(teacher, expected_vocab=len(tok)), cfg.student_layers)
     else:
         model = build_model(cfg.student, tok)

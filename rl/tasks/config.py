@@ -196,6 +196,18 @@ class TaskConfig:
             raise ValueError(
                 f"task.answer_format must be one of {ANSWER_FORMATS}; got {self.answer_format!r}"
             )
+        if self.answer_format == "last_number":
+            wordy = [
+                t
+                for t in self.tasks
+                if t == "countdown" or (t == "dataset" and self.dataset.verifier != "numeric")
+            ]
+            if wordy:
+                raise ValueError(
+                    f"task.answer_format=last_number reads a number from the reply, but the answers of {wordy} "
+                    "are not numbers (countdown: an expression; dataset: unless task.dataset.verifier=numeric); "
+                    "use task.answer_format=tags"
+                )
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"task.eval_fraction must be in (0, 1); got {self.eval_fraction}")
         if "gsm8k" in self.tasks and not self.gsm8k_files:

@@ -83,12 +83,18 @@ def last_number(completion: object) -> str | None:
     return numbers[-1].replace(",", "") if numbers else None
 
 
+def _last_number_tagged(completion: str) -> str:
+    number = last_number(completion)
+    return "" if number is None else f"{ANSWER_OPEN}{number}{ANSWER_CLOSE}"
+
+
+# Answer format -> the completion as the tag-reading verifiers are to see it.
+_AS_TAGGED = {"tags": lambda completion: completion, "last_number": _last_number_tagged}
+
+
 def as_tagged(completion: str, answer_format: str) -> str:
     """The completion as the tag-reading verifiers see it under `answer_format`: unchanged for
     `tags`; for `last_number`, just `<answer>{last number}</answer>` (empty when there is none)."""
-    if answer_format == "tags":
-        return completion
-    if answer_format == "last_number":
-        number = last_number(completion)
-        return "" if number is None else f"{ANSWER_OPEN}{number}{ANSWER_CLOSE}"
-    raise ValueError(f"unknown answer format {answer_format!r}; known: {ANSWER_FORMATS}")
+    if answer_format not in _AS_TAGGED:
+        raise ValueError(f"unknown answer format {answer_format!r}; known: {ANSWER_FORMATS}")
+    return _AS_TAGGED[answer_format](completion)

@@ -10,6 +10,7 @@ from hydra.errors import ConfigCompositionException
 
 from orchestration.cli import compose
 from orchestration.config import RootConfig
+from serving.best_of_n import load_callable
 
 
 def test_default_config_composes_to_typed_objects():
@@ -72,3 +73,6 @@ def test_the_smollm2_experiment_composes_with_what_its_comments_promise():
     assert cfg.rlvr.lora.enabled and cfg.stages == ["data", "rlvr", "distill", "serve", "report"]
     # 7 of SmolLM2's 30 layers: at most a quarter of its non-embedding parameters.
     assert len(cfg.distill.student_layers) / 30 <= 0.25
+    # Best-of-N's extractor is imported only when the endpoint starts, hours into the run.
+    extract = load_callable(cfg.serve.answer_extractor, "serve.answer_extractor")
+    assert extract("so it is 12, then 42.") == "42"

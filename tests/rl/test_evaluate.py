@@ -31,7 +31,16 @@ def _scores(values, sha="s", strict=None):
 
 def test_gain_is_paired_on_the_same_prompts_only():
     gain = gain_metrics(_scores([0, 0, 0, 0, 1]), _scores([1, 1, 0, 0, 1]))
-    assert gain == pytest.approx({"start_pass@1": 0.2, "pass@1_gain": 0.4, "pass@1_gain_se": math.sqrt(0.06)})
+    assert gain == pytest.approx(
+        {
+            "start_pass@1": 0.2,
+            "start_pass@1_se": math.sqrt(0.2 * 0.8 / 5),
+            "pass@1_gain": 0.4,
+            "pass@1_gain_se": math.sqrt(0.06),
+        }
+    )
+    # One prompt: a gain, but no standard error to give (and no failure after a stage's training).
+    assert gain_metrics(_scores([0]), _scores([1])) == {"start_pass@1": 0.0, "pass@1_gain": 1.0}
     with pytest.raises(ValueError, match="other eval prompts"):
         gain_metrics(_scores([0, 1]), _scores([1, 1], sha="t"))
 
@@ -50,3 +59,15 @@ def test_scores_round_trip_and_report_the_strict_figure_beside_the_lenient_one(t
         }
     )
     assert "pass@1_strict" not in _scores([1, 0]).metrics()
+
+
+def test_an_empty_eval_split_fails_naming_what_to_set(tmp_path):
+    from datasets import Dataset
+
+    from rl.config import EvalConfig
+    from rl.evaluate import eval_split
+
+    Dataset.from_dict({"prompt": ["What is 2 + 2?"]}).save_to_disk(str(tmp_path / "eval"))
+    assert len(eval_split(tmp_path / "eval", EvalConfig())) == 1
+    with pytest.raises(ValueError, match="set task.eval_prompts and eval.limit >= 1"):
+        eval_split(tmp_path / "eval", EvalConfig(limit=0))

@@ -164,3 +164,9 @@ def test_partial_credit_from_the_default_scorer_is_no_credit():
     assert score("10", meta) == 0.5
     assert verify("reasoning_gym", "<answer>10</answer>", "1", meta) == 0.0
     assert verify("reasoning_gym", "<answer>1</answer>", "1", meta) == 1.0
+
+
+def test_reading_the_last_number_is_refused_for_answers_that_are_not_numbers():
+    with pytest.raises(ValueError, match=r"answers of \['countdown'\] are not numbers"):
+        TaskConfig(tasks=["arithmetic", "countdown"], answer_format="last_number")
+    TaskConfig(tasks=["arithmetic", "gsm8k"], gsm8k_files=["x.jsonl"], answer_format="last_number")

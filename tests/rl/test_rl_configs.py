@@ -33,6 +33,8 @@ from rl.tasks.config import ArithmeticConfig, CountdownConfig, TaskConfig
         (lambda: DistillConfig(loss="mse"), r"distill.loss='mse' is not one of"),
         (lambda: DistillConfig(prompts_split="eval"), r"prompts_split='eval'"),
         (lambda: DistillConfig(kd_top_k=0), r"kd_top_k=0; expected .*kd_top_k>=1 or null"),
+        (lambda: DistillConfig(student_layers=[]), r"student_layers=\[\]; expected .*distinct layer indices"),
+        (lambda: DistillConfig(student_layers=[0, 0]), r"student_layers=\[0, 0\]"),
     ],
 )
 def test_bad_settings_fail_naming_the_key(build, message):
