@@ -67,7 +67,7 @@ def test_the_smollm2_experiment_composes_with_what_its_comments_promise():
     assert cfg.model.pretrained.endswith("models/smollm2-135m-instruct")
     assert cfg.task.tasks == ["reasoning_gym"] and cfg.task.answer_format == "last_number"
     assert (
-        cfg.task.reasoning_gym.dataset == "basic_arithmetic"
+        cfg.task.reasoning_gym.dataset == "chain_sum"
         and cfg.eval.limit == cfg.task.eval_prompts == 500
     )
     assert cfg.rlvr.lora.enabled and cfg.stages == ["data", "rlvr", "distill", "serve", "report"]
