@@ -66,10 +66,7 @@ def test_the_smollm2_experiment_composes_with_what_its_comments_promise():
     cfg = compose(["+experiment=smollm2_arithmetic"])
     assert cfg.model.pretrained.endswith("models/smollm2-135m-instruct")
     assert cfg.task.tasks == ["reasoning_gym"] and cfg.task.answer_format == "last_number"
-    assert (
-        cfg.task.reasoning_gym.dataset == "chain_sum"
-        and cfg.eval.limit == cfg.task.eval_prompts == 500
-    )
+    assert cfg.task.reasoning_gym.dataset == "chain_sum" and cfg.eval.limit == cfg.task.eval_prompts == 500
     assert cfg.rlvr.lora.enabled and cfg.stages == ["data", "rlvr", "distill", "serve", "report"]
     # 7 of SmolLM2's 30 layers: at most a quarter of its non-embedding parameters.
     assert len(cfg.distill.student_layers) / 30 <= 0.25
