@@ -108,7 +108,7 @@ def _pass_bars(rec: StageRecord) -> list[tuple[str, float, float | None]]:
     it started from outside the run (the user's `model.pretrained`) first, as its own bar."""
     bars = []
     if rec.manifest.sources.get("start", "").startswith("config:") and rec.metric("start_pass@1") is not None:
-        bars.append((f"{rec.name}\nstart model", rec.metric("start_pass@1"), None))
+        bars.append((f"{rec.name}\nstart model", rec.metric("start_pass@1"), rec.metric("start_pass@1_se")))
     for p in _prefixed(rec, "pass@1"):
         if p + "pass@1" not in UPSTREAM_PASS_KEYS:
             bars.append((_label(rec, p), rec.metric(p + "pass@1"), rec.metric(p + "pass@1_se")))

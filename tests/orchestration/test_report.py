@@ -224,8 +224,8 @@ def test_the_pass_at_1_bars_show_a_users_start_model_and_each_standard_error():
         manifest = Manifest("rlvr", "h", {}, {}, {}, {}, {}, metrics, 0.0, "", {}, sources)
         return StageRecord("rlvr", manifest, [])
 
-    metrics = {"pass@1": 0.4, "pass@1_se": 0.02, "start_pass@1": 0.17}
+    metrics = {"pass@1": 0.4, "pass@1_se": 0.02, "start_pass@1": 0.17, "start_pass@1_se": 0.01}
     own = record({"start": "config:model.pretrained"}, metrics)
-    assert _pass_bars(own) == [("rlvr\nstart model", 0.17, None), ("rlvr", 0.4, 0.02)]
+    assert _pass_bars(own) == [("rlvr\nstart model", 0.17, 0.01), ("rlvr", 0.4, 0.02)]
     # Started from sft in the same run: sft has its own bar, so no copy of it here.
     assert _pass_bars(record({"start": "sft.model"}, metrics)) == [("rlvr", 0.4, 0.02)]
