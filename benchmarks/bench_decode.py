@@ -1,11 +1,21 @@
-"""Decode throughput: serving.Engine vs transformers' generate, and speculative vs target-only.
+"""Decode throughput on a real model: the engine's settings against transformers' generate and llama.cpp.
 
-    .venv/bin/python benchmarks/bench_decode.py                       # random-init tiny models
-    .venv/bin/python benchmarks/bench_decode.py --target DIR --draft DIR --device cuda
+    .venv/bin/python benchmarks/bench_decode.py --target models/smollm2-135m-instruct \
+        --draft outputs/smollm2_arithmetic/distill/model --gguf <SmolLM2 Q4_1 .gguf> \
+        --out benchmarks/results/decode_smollm2.json
 
-Greedy, fixed lengths (EOS ignored), the same prompts for every contender; one warm-up run, then
-the median of --repeats timed runs. Without --target the models are random-init and built here:
-their acceptance rates and speedups say how the machinery performs, not what a trained pair gets.
+Prompts: the first GSM8K test questions, each one user turn through the target's chat template.
+Greedy. Two workloads, each a fixed list of output limits (EOS ends a completion early, as a user
+sees it; tokens are counted as generated tokens up to and including EOS or the limit, on every
+side, never padding):
+- batch 1: --single-prompts questions one at a time, each with --single-tokens;
+- concurrent: --concurrent questions submitted together, limits cycling through --lengths.
+  `generate` takes them as one static batch run to the longest limit (what a server without
+  continuous batching does); its tokens past a request's own limit are not counted.
+Contenders run interleaved (A B C, A B C, ...), after one warm-up each; the figure is the median of
+--repeats rounds. The benchmark waits (up to --wait-idle-s) for the 1-minute load average to fall
+below --max-load before it starts, and records it before and after every round; the after value
+includes this process's own threads, the before value is the machine's idle state.
 """
 
 from __future__ import annotations
@@ -20,36 +30,42 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, PreTrainedModel, Qwen3Config, Qwen3MoeConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Qwen3Config, Qwen3MoeConfig
 
 from orchestration.atomic import atomic_write_json
+from rl.tasks.gsm8k import SHIPPED_DIR, load_samples
 from serving.config import SpeculativeConfig
-from serving.engine import Engine, resolve_device
-from serving.metrics import summarize
+from serving.engine import Engine
 from serving.protocol import SamplingParams
+from training.chat import conversation, prompt_text
 
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--target", help="local HF dir of the target model (default: random-init Qwen3-MoE)")
-    ap.add_argument("--draft", help="local HF dir of the draft model (default: random-init dense Qwen3)")
-    ap.add_argument("--out", default="benchmarks/results/decode.json")
-    ap.add_argument("--device", default="auto")
     ap.add_argument(
-        "--dtype", default=None, help="float32 | bfloat16 | float16 (default: fp32 on CPU, bf16 on CUDA)"
+        "--target",
+        default="models/smollm2-135m-instruct",
+        help="local Hugging Face directory with a chat template (default: `make smollm2`'s)",
     )
-    ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--draft", help="local dir of the speculative draft (the distilled student)")
+    ap.add_argument("--gguf", help="the same model as GGUF, for the llama.cpp anchor (llama-cpp-py-sync)")
+    ap.add_argument("--gguf-precision", default="Q4_1")
+    ap.add_argument("--questions", default=str(SHIPPED_DIR / "test.jsonl"))
+    ap.add_argument("--single-prompts", type=int, default=4)
+    ap.add_argument("--single-tokens", type=int, default=64)
+    ap.add_argument("--concurrent", type=int, default=16)
     ap.add_argument(
-        "--prompts-from",
-        default=None,
-        help="a data-stage dataset dir (e.g. eval/): real prompts of one token length instead of random ids",
+        "--lengths", default="16,32,64,128", help="output limits the concurrent requests cycle through"
     )
-    ap.add_argument("--max-tokens", type=int, default=48)
-    ap.add_argument("--batch-sizes", default="1,16")
-    ap.add_argument("--ks", default="2,4,6", help="draft lengths to try for speculative decoding")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    ap.add_argument("--k", type=int, default=2, help="draft length for fixed-k speculation")
+    ap.add_argument(
+        "--compile", action="store_true", help="also run compiled decode steps (cold compile timed)"
+    )
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-load", type=float, default=1.5)
+    ap.add_argument("--wait-idle-s", type=float, default=600)
+    ap.add_argument("--out", default="benchmarks/results/decode_smollm2.json")
     return ap.parse_args()
 
 
@@ -92,189 +108,219 @@ def random_pair(vocab: int = 2048) -> tuple[PreTrainedModel, PreTrainedModel]:
     return target.eval(), draft.eval()
 
 
-def load_pair(args: argparse.Namespace) -> tuple[PreTrainedModel, PreTrainedModel, str]:
-    device = resolve_device(args.device)
-    if args.target is None:
-        target, draft = random_pair()
-        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(args.dtype or "", torch.float32)
-        return target.to(device, dtype), draft.to(device, dtype), "random-init (built by the benchmark)"
-    target = Engine.from_pretrained(args.target, device, args.dtype).model
-    if args.draft is None:
-        raise SystemExit("--target without --draft: give the draft model's local directory too")
-    draft = Engine.from_pretrained(args.draft, device, args.dtype).model
-    return target, draft, f"target={args.target} draft={args.draft}"
+def wait_for_idle(max_load: float, wait_s: float) -> float:
+    deadline = time.monotonic() + wait_s
+    while (load := os.getloadavg()[0]) >= max_load and time.monotonic() < deadline:
+        time.sleep(10)
+    return load
 
 
-def timed(contenders: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, object]]:
-    """Median wall seconds per contender after one warm-up each, and each one's last result.
-
-    Rounds interleave the contenders (A B C, A B C, ...) so load from other processes on a shared
-    machine falls on all of them alike instead of on whichever ran during a burst.
-    """
-    for fn in contenders.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    results: dict[str, object] = {}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            results[name] = fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - start)
-    return {name: (statistics.median(times[name]), results[name]) for name in contenders}
+def useful(tokens: list[int], limit: int, eos: set[int]) -> list[int]:
+    """Generated tokens as a user gets them: up to and including the first EOS, at most `limit`."""
+    out = []
+    for t in tokens[:limit]:
+        out.append(t)
+        if t in eos:
+            break
+    return out
 
 
-def hf_generate(model: PreTrainedModel, prompts: torch.Tensor, max_tokens: int) -> list[list[int]]:
+class Contender:
+    """One way of answering a workload: run() -> each request's useful tokens."""
+
+    def __init__(self, name: str, run: Callable[[], list[list[int]]], precision: str):
+        self.name, self.run, self.precision = name, run, precision
+        self.times: list[float] = []
+        self.tokens: list[list[int]] = []
+
+
+def hf_generate(model, tok, prompts: list[list[int]], limits: list[int], eos: set[int]) -> list[list[int]]:
+    """One static batch (left-padded) run to the longest limit; each request's own tokens kept."""
+    width = max(map(len, prompts))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     out = model.generate(
-        prompts,
-        attention_mask=torch.ones_like(prompts),
-        max_new_tokens=max_tokens,
-        min_new_tokens=max_tokens,  # EOS suppressed, as the engine's ignore_eos
-        do_sample=False,
-        pad_token_id=0,
+        ids, attention_mask=mask, max_new_tokens=max(limits), do_sample=False, pad_token_id=pad
     )
-    return out[:, prompts.shape[1] :].tolist()
+    return [useful(row, n, eos) for row, n in zip(out[:, width:].tolist(), limits, strict=True)]
 
 
-def engine_vs_hf(target, prompts: torch.Tensor, args, batch: int) -> dict:
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=True, logprobs=False)
-    engine = Engine(target, max_batch_size=batch)
-    ids = prompts[:batch]
-    runs = timed(
-        {
-            "engine": lambda: engine.generate(ids.tolist(), params),
-            "hf": lambda: hf_generate(target, ids, args.max_tokens),
-        },
-        args.repeats,
-    )
-    (engine_s, completions), (hf_s, hf_tokens) = runs["engine"], runs["hf"]
-    tokens = batch * args.max_tokens
-    return {
-        "batch_size": batch,
-        "generated_tokens": tokens,
-        "engine_tokens_per_s": tokens / engine_s,
-        "hf_generate_tokens_per_s": tokens / hf_s,
-        "engine_over_hf": hf_s / engine_s,
-        "greedy_outputs_identical": [c.token_ids for c in completions] == hf_tokens,
-        "engine_latency_p50_s": summarize(completions, engine_s)["latency_p50_s"],
-    }
+def engine_run(engine: Engine, prompts: list[list[int]], limits: list[int]) -> list[list[int]]:
+    params = [SamplingParams(max_tokens=n, temperature=0.0) for n in limits]
+    return [c.token_ids for c in engine.generate(prompts, params)]
 
 
-def speculative_runs(target, draft, prompts: torch.Tensor, args) -> list[dict]:
-    """Batch 1, one prompt at a time: draft model at each k (and adaptive), n-gram lookup at each k."""
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=True, logprobs=False)
-    ids = prompts[:4].tolist()
-    ks = [int(k) for k in args.ks.split(",")]
-    configs: dict[str, SpeculativeConfig | None] = {"target_only": None}
-    configs |= {f"draft_k{k}": SpeculativeConfig(method="draft", k=k, k_max=max(ks)) for k in ks}
-    configs["draft_adaptive"] = SpeculativeConfig(method="draft", k=ks[0], k_max=max(ks), adaptive=True)
-    configs |= {f"ngram_k{k}": SpeculativeConfig(method="ngram", k=k, k_max=max(ks)) for k in ks}
-    engines = {
-        name: Engine(target, draft_model=draft, speculative=cfg, max_batch_size=1)
-        for name, cfg in configs.items()
-    }
-    runs = timed({name: (lambda e=e: e.generate(ids, params)) for name, e in engines.items()}, args.repeats)
-    baseline_s, baseline = runs["target_only"]
+def llama_run(llm, texts: list[str], limits: list[int], tok) -> list[list[int]]:
+    out = []
+    for text, n in zip(texts, limits, strict=True):
+        reply = llm.generate(text, max_tokens=n, temperature=0.0, top_k=1, repeat_penalty=1.0)
+        out.append(tok.encode(reply, add_special_tokens=False)[:n])  # counted with the HF tokenizer
+    return out
+
+
+def run_workload(name: str, contenders: list[Contender], repeats: int) -> dict:
+    loads = []
+    for c in contenders:
+        c.tokens = c.run()  # warm-up (and, for compiled contenders, what is left of compiling)
+    for _ in range(repeats):
+        for c in contenders:
+            before = os.getloadavg()[0]
+            start = time.perf_counter()
+            c.tokens = c.run()
+            c.times.append(time.perf_counter() - start)
+            loads.append((c.name, before, os.getloadavg()[0]))
     rows = []
-    for name, (wall_s, completions) in runs.items():
-        s = summarize(completions, wall_s)
+    for c in contenders:
+        wall = statistics.median(c.times)
+        n = sum(map(len, c.tokens))
         rows.append(
             {
-                "name": name,
-                "k": configs[name].k if configs[name] else 0,
-                "tokens_per_s": s["tokens_per_s"],
-                "speedup_vs_target_only": baseline_s / wall_s,
-                "acceptance_rate": s["acceptance_rate"],
-                "mean_accepted_length": s["mean_accepted_length"],
-                "latency_mean_s": s["latency_mean_s"],
-                "matches_target_only_greedy": [c.token_ids for c in completions]
-                == [c.token_ids for c in baseline],
+                "contender": c.name,
+                "precision": c.precision,
+                "tokens": n,
+                "wall_s": wall,
+                "tokens_per_s": n / wall,
             }
         )
-        print(
-            f"  {name:15s} {s['tokens_per_s']:8.1f} tok/s  x{baseline_s / wall_s:.2f}  acc={s['acceptance_rate']:.2f}"
-        )
-    return rows
-
-
-def machine(device: torch.device) -> dict:
-    return {
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or "cpu",
-    }
-
-
-def real_prompts(dataset_dir: str, tokenizer_dir: str, n: int) -> torch.Tensor:
-    """`n` held-out prompts that tokenize to the same (most common) length, so every contender,
-    `generate` included, gets an unpadded batch."""
-    from collections import Counter
-
-    from datasets import load_from_disk
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    ids = tok(list(load_from_disk(dataset_dir)["prompt"]), add_special_tokens=False)["input_ids"]
-    length = Counter(len(x) for x in ids).most_common(1)[0][0]
-    same = [x for x in ids if len(x) == length][:n]
-    if len(same) < n:
-        raise ValueError(f"{dataset_dir}: only {len(same)} prompts of length {length}; need {n}")
-    return torch.tensor(same)
+        print(f"  [{name}] {c.name:28s} {c.precision:6s} {n:5d} tok  {n / wall:7.1f} tok/s", flush=True)
+    return {"rows": rows, "load_average_1m_before_after": loads}
 
 
 def main() -> None:
     args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    started = time.perf_counter()
-    target, draft, source = load_pair(args)
-    device = next(target.parameters()).device
-    batches = [int(b) for b in args.batch_sizes.split(",")]
-    n_prompts = max(batches + [4])
-    if args.prompts_from:
-        prompts = real_prompts(args.prompts_from, args.target, n_prompts).to(device)
-        args.prompt_len = prompts.shape[1]
-    else:
-        prompts = torch.randint(0, target.config.vocab_size, (n_prompts, args.prompt_len), device=device)
-    print(f"models: {source}; device {device}")
-    result = {
-        "models": source,
-        "random_init": args.target is None,
-        "note": "random-init models: figures show the engine's overhead and machinery, not a trained pair's speedup"
-        if args.target is None
-        else "",
-        "dtype": str(next(target.parameters()).dtype),
-        "target_params": sum(p.numel() for p in target.parameters()),
-        "draft_params": sum(p.numel() for p in draft.parameters()),
-        "prompt_len": args.prompt_len,
-        "max_tokens": args.max_tokens,
-        "repeats": args.repeats,
-        "machine": machine(device),
-        "engine_vs_hf_generate": [],
-    }
-    for batch in batches:
-        row = engine_vs_hf(target, prompts, args, batch)
-        print(
-            f"  batch {batch:3d}: engine {row['engine_tokens_per_s']:8.1f} tok/s  hf {row['hf_generate_tokens_per_s']:8.1f}"
+    if not Path(args.target, "config.json").is_file():
+        raise SystemExit(
+            f"--target {args.target!r} is not a model directory; `make smollm2` writes the default"
         )
-        result["engine_vs_hf_generate"].append(row)
-    result["speculative_batch1"] = speculative_runs(target, draft, prompts, args)
-    result["wall_s"] = time.perf_counter() - started
-    result["load_average_1m_at_end"] = os.getloadavg()[0]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out, result)
-    print(f"wrote {args.out} ({result['wall_s']:.0f}s)")
+    torch.set_num_threads(args.threads)
+    started_load = wait_for_idle(args.max_load, args.wait_idle_s)
+    tok = AutoTokenizer.from_pretrained(args.target)
+    n_prompts = max(args.single_prompts, args.concurrent)
+    questions = [s.prompt for s in load_samples([args.questions])[:n_prompts]]
+    texts = [prompt_text(tok, conversation(q)) for q in questions]
+    prompts = [tok.encode(t, add_special_tokens=False) for t in texts]
+    lengths = [int(x) for x in args.lengths.split(",")]
+
+    engines: dict[str, Engine] = {
+        "fp32": Engine.from_pretrained(args.target, "cpu", max_batch_size=args.concurrent),
+    }
+    engines["int8"] = Engine(
+        engines["fp32"].float_model, tok, quantize="int8", max_batch_size=args.concurrent
+    )
+    eos = set(engines["fp32"].eos_ids)
+    model = engines["fp32"].float_model
+    draft = None
+    if args.draft:
+        draft = Engine.from_pretrained(args.draft, "cpu").float_model
+        for policy in ("fixed", "auto"):
+            spec = SpeculativeConfig(method="draft", k=args.k, k_policy=policy, k_max=4)
+            engines[f"fp32+draft_{policy}"] = Engine(
+                model, tok, draft_model=draft, speculative=spec, max_batch_size=args.concurrent
+            )
+        spec = SpeculativeConfig(method="draft", k=args.k, k_policy="auto", k_max=4)
+        engines["int8+draft_auto"] = Engine(
+            model, tok, draft_model=draft, speculative=spec, quantize="int8", max_batch_size=args.concurrent
+        )
+    compile_s: dict[str, float] = {}
+    if args.compile:
+        for base in ("fp32", "int8"):
+            e = Engine(model, tok, quantize="int8" if base == "int8" else None, compile=True)
+            start = time.perf_counter()
+            e.generate([prompts[0]], SamplingParams(max_tokens=8, temperature=0.0))
+            compile_s[f"{base}+compile"] = time.perf_counter() - start
+            engines[f"{base}+compile"] = e
+    for e in engines.values():
+        e.max_batch_size = args.concurrent
+
+    single_p = prompts[: args.single_prompts]
+    single_limits = [args.single_tokens] * len(single_p)
+
+    def one_at_a_time(fn):
+        return lambda: [fn([p], [n])[0] for p, n in zip(single_p, single_limits, strict=True)]
+
+    def precision(name: str) -> str:
+        return "int8" if name.startswith("int8") else "fp32"
+
+    single = [
+        Contender("hf_generate", one_at_a_time(lambda p, n: hf_generate(model, tok, p, n, eos)), "fp32")
+    ]
+    single += [
+        Contender(f"engine_{name}", one_at_a_time(lambda p, n, e=e: engine_run(e, p, n)), precision(name))
+        for name, e in engines.items()
+    ]
+    llm = None
+    if args.gguf:
+        import llama_cpp_py_sync
+
+        llm = llama_cpp_py_sync.Llama(
+            args.gguf, n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads
+        )
+        single_texts = texts[: args.single_prompts]
+        single.append(
+            Contender(
+                "llama_cpp", lambda: llama_run(llm, single_texts, single_limits, tok), args.gguf_precision
+            )
+        )
+    print(
+        f"batch 1: {len(single_p)} prompts x {args.single_tokens} tokens; load {started_load:.2f}", flush=True
+    )
+    single_result = run_workload("batch 1", single, args.repeats)
+
+    conc_p = prompts[: args.concurrent]
+    conc_limits = [lengths[i % len(lengths)] for i in range(len(conc_p))]
+    concurrent = [
+        Contender(
+            "hf_generate_static_batch", lambda: hf_generate(model, tok, conc_p, conc_limits, eos), "fp32"
+        )
+    ]
+    concurrent += [
+        Contender(f"engine_{name}", lambda e=e: engine_run(e, conc_p, conc_limits), precision(name))
+        for name, e in engines.items()
+        if "compile" not in name  # a new batch size would recompile mid-run
+    ]
+    print(f"concurrent: {len(conc_p)} requests, limits {conc_limits}", flush=True)
+    conc_result = run_workload("concurrent", concurrent, args.repeats)
+
+    by_name = {c.name: c for c in single}
+    hf_tokens = by_name["hf_generate"].tokens
+    equal = {name: c.tokens == hf_tokens for name, c in by_name.items() if name.startswith("engine_")}
+    spec_stats = {}
+    for name, e in engines.items():
+        if e.speculative is not None:
+            spec_stats[name] = {
+                "acceptance_rate": e.stats.acceptance_rate,
+                "mean_accepted_length": e.stats.mean_accepted_length,
+            }
+    atomic_write_json(
+        Path(args.out),
+        {
+            "command": "benchmarks/bench_decode.py "
+            + " ".join(
+                f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False)
+            ),
+            "target": args.target,
+            "draft": args.draft,
+            "gguf": args.gguf,
+            "target_params": sum(p.numel() for p in model.parameters()),
+            "draft_params": sum(p.numel() for p in draft.parameters()) if draft is not None else None,
+            "threads": args.threads,
+            "load_average_1m_at_start": started_load,
+            "batch1": {"prompts": len(single_p), "max_tokens": args.single_tokens, **single_result},
+            "concurrent": {"requests": len(conc_p), "max_tokens": conc_limits, **conc_result},
+            "greedy_tokens_equal_to_generate_batch1": equal,
+            "speculative": spec_stats,
+            "cold_compile_s": compile_s,
+            "machine": {
+                "cpu_count": os.cpu_count(),
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+            },
+        },
+    )
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

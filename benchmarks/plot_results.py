@@ -100,58 +100,49 @@ def train_section(data: dict, fig: Figure) -> str:
 
 
 def decode_section(data: dict, fig: Figure) -> str:
-    """Engine vs transformers `generate`, and speculative decoding vs target-only (batch 1)."""
-    hf = data["engine_vs_hf_generate"]
-    spec = data["speculative_batch1"]
-    gen, sp = fig.subplots(1, 2, width_ratios=[1, 2])
-    x = range(len(hf))
-    gen.bar([i - 0.2 for i in x], [r["engine_tokens_per_s"] for r in hf], 0.4, label="engine")
-    gen.bar([i + 0.2 for i in x], [r["hf_generate_tokens_per_s"] for r in hf], 0.4, label="HF generate")
-    gen.set_xticks(list(x), [f"batch {r['batch_size']}" for r in hf])
-    gen.set_title("greedy decode tokens/s")
-    gen.legend(fontsize="small")
-    sp.bar([r["name"] for r in spec], [r["speedup_vs_target_only"] for r in spec], color="tab:orange")
-    for i, r in enumerate(spec):
-        sp.annotate(
-            f"acc {r['acceptance_rate']:.2f}", (i, r["speedup_vs_target_only"]), ha="center", va="bottom"
+    """Engine settings vs transformers `generate` (and llama.cpp) at batch 1 and under concurrency."""
+    panels = fig.subplots(1, 2)
+    tables = []
+    for ax, key, title in zip(
+        panels, ("batch1", "concurrent"), ("batch 1", "concurrent requests"), strict=True
+    ):
+        rows = data[key]["rows"]
+        base = next(r for r in rows if r["contender"].startswith("hf_generate"))
+        ax.barh([r["contender"] for r in rows], [r["tokens_per_s"] for r in rows], color="tab:blue")
+        ax.invert_yaxis()
+        ax.tick_params(axis="y", labelsize="small")
+        ax.set_title(f"{title}: tokens/s")
+        tables.append(
+            f"**{title}**\n\n"
+            + table(
+                ["contender", "precision", "tokens", "tok/s", "vs generate"],
+                [
+                    [
+                        r["contender"],
+                        r["precision"],
+                        r["tokens"],
+                        r["tokens_per_s"],
+                        f"**{r['tokens_per_s'] / base['tokens_per_s']:.2f}x**",
+                    ]
+                    for r in rows
+                ],
+            )
         )
-    sp.axhline(1.0, color="black", linestyle=":", linewidth=1)
-    sp.tick_params(axis="x", labelrotation=30, labelsize="small")
-    sp.set_title("speculative speedup vs target-only (batch 1)")
-    generate = table(
-        ["batch", "engine tok/s", "HF generate tok/s", "engine/HF", "same greedy tokens"],
-        [
-            [
-                r["batch_size"],
-                r["engine_tokens_per_s"],
-                r["hf_generate_tokens_per_s"],
-                f"**{r['engine_over_hf']:.2f}x**",
-            ]
-            + [r["greedy_outputs_identical"]]
-            for r in hf
-        ],
-    )
-    speculative = table(
-        ["method", "k", "tok/s", "speedup", "acceptance", "mean accepted length", "same as target-only"],
-        [
-            [
-                r["name"],
-                r["k"],
-                r["tokens_per_s"],
-                f"**{r['speedup_vs_target_only']:.2f}x**",
-                r["acceptance_rate"],
-            ]
-            + [r["mean_accepted_length"], r["matches_target_only_greedy"]]
-            for r in spec
-        ],
+    loads = [b for key in ("batch1", "concurrent") for _, b, _ in data[key]["load_average_1m_before_after"]]
+    spec = ", ".join(
+        f"{name}: acceptance {s['acceptance_rate']:.2f}, {s['mean_accepted_length']:.2f} tokens/step"
+        for name, s in data["speculative"].items()
     )
     settings = (
-        f"Models: {data['models']}; target {data['target_params']:,} parameters, draft "
-        f"{data['draft_params']:,}; {data['dtype']}; prompt length {data['prompt_len']}, "
-        f"{data['max_tokens']} new tokens, median of {data['repeats']} runs."
+        f"Target {data['target']} ({data['target_params']:,} parameters), draft {data['draft']}, "
+        f"{data['threads']} threads; batch 1: {data['batch1']['prompts']} GSM8K questions x "
+        f"{data['batch1']['max_tokens']} tokens; concurrent: {data['concurrent']['requests']} requests, "
+        f"limits {data['concurrent']['max_tokens']}. 1-minute load average at start "
+        f"{data['load_average_1m_at_start']:.2f}, before each timed run {min(loads):.2f}-{max(loads):.2f}. "
+        f"Greedy tokens equal to `generate`'s at batch 1: {data['greedy_tokens_equal_to_generate_batch1']}. "
+        f"Speculative: {spec or 'not run'}. Cold compile: {data['cold_compile_s'] or 'not run'}."
     )
-    note = f"\n\n*{data['note']}*" if data.get("note") else ""
-    return f"{settings}{note}\n\n{generate}\n\n{speculative}"
+    return settings + "\n\n" + "\n\n".join(tables)
 
 
 def generic_section(data: dict, fig: Figure) -> str:

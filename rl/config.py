@@ -76,6 +76,11 @@ class RlvrConfig(StageTrainConfig):
     rollout_gpus: float = 0.0
     # Torch threads per rollout actor.
     rollout_threads: int = 1
+    # Rollout engine on CPU: "int8" samples from an int8 copy of the policy (serving.optimize;
+    # ~1.4x faster decode, re-quantised at every weight push). Rollout log-probs then come from
+    # that copy, and the clipped PPO ratio against the learner's fp32 log-probs corrects for the
+    # difference; null samples from the fp32 policy itself.
+    rollout_quantize: str | None = None
     rollout_max_restarts: int = 3
     # Testing: rollout worker 0 dies (once per run) when asked for this step's rollouts.
     kill_rollout_worker_at_step: int | None = None
@@ -84,6 +89,8 @@ class RlvrConfig(StageTrainConfig):
         super().__post_init__()
         if self.mode not in ("sync", "async"):
             raise ValueError(f"rlvr.mode must be sync or async; got {self.mode!r}")
+        if self.rollout_quantize not in (None, "int8"):
+            raise ValueError(f"rlvr.rollout_quantize must be null or 'int8'; got {self.rollout_quantize!r}")
         if self.group_size < 2:
             raise ValueError(
                 f"rlvr.group_size must be >= 2 (advantages compare samples of a group); got {self.group_size}"

@@ -1,30 +1,124 @@
 """A causal LM plus its batched KV cache, whose slots may be masked holes.
 
-One HF `DynamicCache` whose slots are shared by the batch, plus a 2D slot mask and each row's next
+One KV cache whose slots are shared by the batch, plus a 2D slot mask and each row's next
 position. Prompts are left-padded; tokens carry their true positions (`position_ids`), so a slot's
-index never matters, only the mask. When rows of a batch accept different numbers of speculative
-drafts, each row's rejected slots are masked out in place (holes) and only the slots every row
-rejected are cropped. Holes cost attention over a few dead slots but no copying; RoPE keys are
-stored with true positions, so holes change nothing else. Rows that finish leave the batch
-(`DynamicCache.batch_select_indices`).
+index never matters, only the mask. That one rule carries three things:
+- speculative rollback: when rows of a batch accept different numbers of drafts, each row's
+  rejected slots are masked out in place (holes) and only the slots every row rejected are cropped;
+- continuous batching: rows prefilled apart join a running batch by padding the shorter side's
+  slots on the left with holes (`merge`), and leading slots no row uses any more are dropped
+  (`compact`);
+- prefix sharing: a prompt prefilled once is copied to its n sample rows (`select` with repeats).
+Holes cost attention over a few dead slots but no copying; RoPE keys are stored with true positions,
+so holes change nothing else. Rows that finish leave the batch (`select`).
+
+The cache's layers (`SlotLayer`) write into preallocated buffers that grow by doubling, so a
+decode step appends in place instead of copying the whole cache (DynamicCache's `torch.cat`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import Cache, DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
+
+DECODE_WIDTH = 16  # tokens per row up to which a forward is a decode step (1 + the drafts)
+
+
+class SlotLayer(DynamicLayer):
+    """A DynamicLayer whose keys/values are views of preallocated (B, H, capacity, D) buffers."""
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self._k = key_states.new_zeros(*key_states.shape[:2], 0, key_states.shape[3])
+        self._v = value_states.new_zeros(*value_states.shape[:2], 0, value_states.shape[3])
+        self.length = 0
+        self._view()
+
+    def _view(self) -> None:
+        self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
+
+    def _reserve(self, slots: int) -> None:
+        capacity = self._k.shape[2]
+        if slots <= capacity:
+            return
+        capacity = max(slots, 2 * capacity, 64)
+        k, v = self._k, self._v
+        self._k = k.new_zeros(*k.shape[:2], capacity, k.shape[3])
+        self._v = v.new_zeros(*v.shape[:2], capacity, v.shape[3])
+        self._k[:, :, : self.length], self._v[:, :, : self.length] = self.keys, self.values
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[2]
+        self._reserve(end)
+        self._k[:, :, self.length : end] = key_states
+        self._v[:, :, self.length : end] = value_states
+        self.length = end
+        self._view()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length if self.is_initialized else 0
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove > 0:
+            raise ValueError(f"SlotLayer.crop takes a negative count, got {tokens_to_remove}")
+        if self.is_initialized and tokens_to_remove:
+            self.length = max(0, self.length + tokens_to_remove)
+            self._view()
+
+    def drop_leading(self, n: int) -> None:
+        """Forget the first n slots (holes in every row)."""
+        if self.is_initialized and n:
+            self.length -= n
+            self._k, self._v = self._k[:, :, n:], self._v[:, :, n:]
+            self._view()
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            self._k, self._v = self._k[indices, :, : self.length], self._v[indices, :, : self.length]
+            self._view()
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.is_initialized:
+            self.batch_select_indices(
+                torch.arange(self._k.shape[0], device=self._k.device).repeat_interleave(repeats)
+            )
+
+    def reset(self) -> None:
+        super().reset()
+        self.length = 0
+
+    def stack_rows(self, other: SlotLayer, width: int) -> None:
+        """This layer's rows, then other's, each right-aligned in `width` slots (holes on the left)."""
+        k = self._k.new_zeros(self._k.shape[0] + other._k.shape[0], self._k.shape[1], width, self._k.shape[3])
+        v = self._v.new_zeros(k.shape[0], self._v.shape[1], width, self._v.shape[3])
+        rows = self._k.shape[0]
+        k[:rows, :, width - self.length :], v[:rows, :, width - self.length :] = self.keys, self.values
+        k[rows:, :, width - other.length :], v[rows:, :, width - other.length :] = other.keys, other.values
+        self._k, self._v, self.length = k, v, width
+        self._view()
+
+
+class SlotCache(DynamicCache):
+    """A DynamicCache made of SlotLayers, one created per decoder layer on first use."""
+
+    def __init__(self):
+        Cache.__init__(self, layer_class_to_replicate=SlotLayer)
 
 
 class CachedModel:
     """A causal LM and its KV cache over a batch (see the module doc)."""
 
-    def __init__(self, model: PreTrainedModel, batch_size: int, device: torch.device):
+    def __init__(self, model: PreTrainedModel, batch_size: int, device: torch.device, decode=None):
         self.model = model
-        self.cache = DynamicCache(config=model.config)
-        # (B, slots): 1 = a real token, 0 = left padding or a rolled-back draft
+        # Decode and verify steps (a few tokens per row) may run a compiled forward
+        # (serving.optimize.compiled_decode); prefills of whole prompts always run eager.
+        self.decode = decode or model
+        self.cache = SlotCache()
+        # (B, slots): 1 = a real token, 0 = left padding, a rolled-back draft, or a merge's padding
         self.mask = torch.zeros(batch_size, 0, dtype=torch.long, device=device)
         # (B,): the position the row's next real token takes
         self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)
@@ -33,7 +127,7 @@ class CachedModel:
         """Append (B, T) tokens (valid=False: a hole) and return the last `logits_to_keep` logits."""
         positions = (self.next_pos.unsqueeze(1) + valid.long().cumsum(1) - 1).clamp(min=0)
         self.mask = torch.cat([self.mask, valid.long()], dim=1)
-        out = self.model(
+        out = (self.decode if tokens.shape[1] <= DECODE_WIDTH else self.model)(
             input_ids=tokens,
             attention_mask=self.mask,
             position_ids=positions,
@@ -56,27 +150,57 @@ class CachedModel:
             self.mask = self.mask[:, :-common]
 
     def select(self, keep: torch.Tensor) -> None:
+        """Keep these rows, in this order; an index may repeat (n samples sharing one prefill)."""
         self.cache.batch_select_indices(keep)
         self.mask, self.next_pos = self.mask[keep], self.next_pos[keep]
+        self.compact()
+
+    def merge(self, other: CachedModel) -> None:
+        """Append other's rows (prefilled apart) to this batch, aligning both on their last slot."""
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.stack_rows(theirs, width)
+        pad = [torch.nn.functional.pad(m.mask, (width - m.mask.shape[1], 0)) for m in (self, other)]
+        self.mask = torch.cat(pad, dim=0)
+        self.next_pos = torch.cat([self.next_pos, other.next_pos])
+
+    def compact(self) -> None:
+        """Drop leading slots that are holes in every row (left by rows that left or by merges)."""
+        used = self.mask.any(dim=0)
+        lead = int(used.long().argmax()) if bool(used.any()) else self.mask.shape[1]
+        if lead:
+            for layer in self.cache.layers:
+                layer.drop_leading(lead)
+            self.mask = self.mask[:, lead:]
 
 
-@contextmanager
-def decode_experts(model: PreTrainedModel) -> Iterator[None]:
-    """MoE experts as 'batched_mm' while decoding off-CPU, as transformers' generate does.
+class ExpertsMode:
+    """MoE experts as 'batched_mm' while decoding off-CPU and 'grouped_mm' while prefilling.
 
     With a few tokens per step, gathering each token's expert weights (batched_mm) beats
     grouped_mm's sort-and-group by ~4x per MoE layer on an H100 (measured on the benchmark's tiny
-    model); prefill keeps grouped_mm, which does not copy weights per token.
+    model), as transformers' generate also does; prefill keeps grouped_mm, which does not copy
+    weights per token. Continuous batching interleaves the two, so this switches only on a change.
     """
-    get = getattr(model, "get_experts_implementation", None)
-    original = get() if get is not None else {}
-    switch = model.device.type != "cpu" and "grouped_mm" in original.values()
-    if switch:
-        model.set_experts_implementation(
-            {k: "batched_mm" if v == "grouped_mm" else v for k, v in original.items()}
-        )
-    try:
-        yield
-    finally:
-        if switch:
-            model.set_experts_implementation(original)
+
+    def __init__(self, models: list[PreTrainedModel]):
+        self.models = []
+        for model in models:
+            get = getattr(model, "get_experts_implementation", None)
+            original = get() if get is not None else {}
+            if model.device.type != "cpu" and "grouped_mm" in original.values():
+                decode = {k: "batched_mm" if v == "grouped_mm" else v for k, v in original.items()}
+                self.models.append((model, original, decode))
+        self.decoding = False
+
+    def decode(self) -> None:
+        self._set(True)
+
+    def prefill(self) -> None:
+        self._set(False)
+
+    def _set(self, decoding: bool) -> None:
+        if decoding != self.decoding:
+            for model, original, decode in self.models:
+                model.set_experts_implementation(decode if decoding else original)
+            self.decoding = decoding

@@ -10,23 +10,31 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+K_POLICIES = ("fixed", "adaptive", "auto")
+
 
 @dataclass
 class SpeculativeConfig:
     """The engine's speculative decoding setup (the maths is serving/speculative.py's)."""
 
     method: str = "draft"  # proposer, by name in serving.engine.PROPOSERS: "draft" (a small model) or "ngram"
-    k: int = 4  # tokens proposed per step (the starting value when adaptive)
-    adaptive: bool = False  # re-pick k each step from the running acceptance rate (choose_k)
-    k_min: int = 1  # bounds for adaptive k
+    k: int = 4  # tokens proposed per step (the starting value when k_policy is not "fixed")
+    # How k changes while decoding: "fixed"; "adaptive" re-picks it each step from the running
+    # acceptance rate and `draft_cost` (choose_k, a model); "auto" measures each k's tokens per
+    # second online, k=0 (target only) included, and runs the best (MeasuredK): never much slower
+    # than target-only, whatever the hardware makes of the draft.
+    k_policy: str = "fixed"
+    k_min: int = 1  # bounds for k_policy adaptive / auto
     k_max: int = 8
-    # Cost of one drafter forward relative to one target verify pass, for adaptive k's speedup model;
+    # Cost of one drafter forward relative to one target verify pass, for "adaptive"'s speedup model;
     # ~0 for n-gram lookup, ~(draft params / target params) for a draft model on a GPU.
     draft_cost: float = 0.1
     ngram_max: int = 3  # prompt lookup tries suffixes of ngram_max tokens, then shorter, down to ngram_min
     ngram_min: int = 1
 
     def __post_init__(self) -> None:
+        if self.k_policy not in K_POLICIES:
+            raise ValueError(f"SpeculativeConfig.k_policy={self.k_policy!r} is not one of {K_POLICIES}")
         if not 1 <= self.k_min <= self.k <= self.k_max:
             raise ValueError(
                 f"SpeculativeConfig: need 1 <= k_min <= k <= k_max, got {self.k_min}, {self.k}, {self.k_max}"
@@ -118,16 +126,23 @@ class ServeConfig:
     answer_extractor: str | None = None
     # Speculative decoding: "auto" (draft model when given, else n-gram), "draft", "ngram" or "off".
     speculative: str = "auto"
-    num_speculative_tokens: int = 4  # drafts per step (the start value when adaptive_k)
-    adaptive_k: bool = False  # re-pick the draft length from the running acceptance rate
+    num_speculative_tokens: int = 4  # drafts per step (the start value unless k_policy is "fixed")
+    # "auto": measure tokens/s of each draft length online, 0 (no speculation) included, and run the
+    # best, so speculation is used only where it pays; "fixed"; "adaptive" (acceptance-rate model).
+    k_policy: str = "auto"
     device: str = "auto"  # "auto": cuda when the replica has a GPU, else cpu
     dtype: str | None = None  # float32 | bfloat16 | float16; null: fp32 on CPU, bf16 on CUDA
+    # CPU only: "int8" runs the linear layers in int8 (serving.optimize; ~1.4x faster decode on
+    # SmolLM2, accuracy cost in benchmarks/results); null keeps `dtype`.
+    quantize: str | None = None
+    # torch.compile the decode step: ~1.5x faster per step on CPU at batch 1, after a cold compile of
+    # ~70 s per new batch size, paid by the replica's first requests; for long-lived endpoints.
+    compile: bool = False
     seed: int | None = 0  # seeds the replica's draws for requests that bring no seed
-    # Sequences (prompts x samples) decoded together; @serve.batch fills a batch up to this.
+    # Sequences (prompts x samples) decoded together; requests join the running batch at any step
+    # while it has room (continuous batching), and wait in the replica's engine queue otherwise.
     max_batch_size: int = 16
-    # How long the first request of a batch waits for others to join it.
-    batch_wait_timeout_s: float = 0.01
-    # Requests a replica holds at once (its batch plus the next one queued inside it).
+    # Requests a replica holds at once (those decoding plus those waiting in its engine queue).
     max_ongoing_requests: int = 32
     # Requests waiting for a replica beyond that; more get 503 at once instead of piling up.
     max_queued_requests: int = 64
@@ -167,12 +182,14 @@ class ServeConfig:
             "max_ongoing_requests >= 1": self.max_ongoing_requests >= 1,
             "max_queued_requests >= 0": self.max_queued_requests >= 0,
             "num_speculative_tokens >= 1": self.num_speculative_tokens >= 1,
+            f"k_policy in {K_POLICIES}": self.k_policy in K_POLICIES,
+            "quantize in (null, 'int8')": self.quantize in (None, "int8"),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(
                 f"serve config: need {'; '.join(bad)}; got max_batch_size={self.max_batch_size}, "
-                f"best_of_alias_n={self.best_of_alias_n}, limits={lim}"
+                f"best_of_alias_n={self.best_of_alias_n}, k_policy={self.k_policy!r}, quantize={self.quantize!r}, limits={lim}"
             )
 
     def speculative_config(self, has_draft: bool) -> SpeculativeConfig | None:
@@ -183,4 +200,4 @@ class ServeConfig:
         if method == "draft" and not has_draft:
             raise ValueError("serve.speculative='draft' needs a draft model: pass draft_dir")
         k = self.num_speculative_tokens
-        return SpeculativeConfig(method=method, k=k, adaptive=self.adaptive_k, k_max=max(k, 8))
+        return SpeculativeConfig(method=method, k=k, k_policy=self.k_policy, k_max=max(k, 8))

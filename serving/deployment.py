@@ -1,11 +1,12 @@
 """The Serve deployment: an OpenAI-compatible FastAPI app over one Engine per replica.
 
-A request is parsed and checked (`openai_api`), tokenized, and becomes a `Job`. `@serve.batch`
-merges the jobs that arrive together (up to `max_batch_size` sequences, each keeping its own
-sampling parameters) into one `Engine.stream` call, run on the replica's one engine thread; each
-decode step's tokens fan back out to the jobs' handlers, which answer as JSON or as server-sent
-events. A handler that stops early (Serve cancels it when its client disconnects) flags its job,
-and the engine drops the job's rows before its next step, so the slot and the compute come back.
+A request is parsed and checked (`openai_api`), tokenized, and becomes a `Job`, queued to the
+replica's one engine thread (`serving.engine_loop`), which batches continuously: a job joins the
+running batch at the next decode step (up to `max_batch_size` sequences, each keeping its own
+sampling parameters) and leaves the step it is done. Each step's tokens fan back out to the jobs'
+handlers, which answer as JSON or as server-sent events. A handler that stops early (Serve cancels
+it when its client disconnects) flags its job, and the engine drops the job's rows before its next
+step, so the slot and the compute come back.
 Serve sends a replica at most `max_ongoing_requests` and queues `max_queued_requests` more; beyond
 that its proxy answers 503 at once.
 
@@ -14,13 +15,11 @@ FastAPI then cannot resolve string annotations such as `Request`.
 """
 
 import logging
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 import torch
 from fastapi import FastAPI, Request
@@ -29,11 +28,12 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.auth import KeyRing, Quotas, RateLimited
+from serving.batch import SequenceUpdate
 from serving.best_of_n import load_callable, resolve_scorer, select_best, whole_text
 from serving.config import ServeConfig
 from serving.detokenize import TextStream
-from serving.engine import Engine, SequenceUpdate, resolve_device
-from serving.engine_thread import iterate_in_thread
+from serving.engine import Engine, resolve_device
+from serving.engine_loop import EngineLoop, Job
 from serving.openai_api import (
     APIError,
     ChatCompletionRequest,
@@ -59,7 +59,7 @@ from serving.openai_responses import (
     usage,
 )
 from serving.prometheus import ServeMetrics
-from serving.protocol import Completion, SamplingParams
+from serving.protocol import Completion
 
 log = logging.getLogger("ray.serve")
 
@@ -71,24 +71,6 @@ async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResp
     """Unknown paths and methods answer in OpenAI's error shape too."""
     body = error_body(f"{request.method} {request.url.path}: {err.detail}", "invalid_request_error")
     return JSONResponse(body, status_code=err.status_code)
-
-
-@dataclass
-class Job:
-    """One request's prompts, as the batch sees them."""
-
-    prompts: list[list[int]]  # token ids
-    params: SamplingParams  # params.n samples per prompt
-    client: str  # the caller's key_id (serving/auth.py): whose quota its tokens are charged to
-    cancelled: threading.Event = field(default_factory=threading.Event)  # read by the engine thread
-
-    @property
-    def sequences(self) -> int:
-        return len(self.prompts) * self.params.n
-
-
-def _sequences(jobs: list[Job]) -> int:
-    return sum(job.sequences for job in jobs)
 
 
 @dataclass(frozen=True)
@@ -146,6 +128,8 @@ class OpenAIServer:
             speculative=cfg.speculative_config(has_draft=draft_dir is not None),
             max_batch_size=cfg.max_batch_size,
             seed=cfg.seed,
+            quantize=cfg.quantize,
+            compile=cfg.compile,
         )
         self.tokenizer = self.engine.tokenizer
         if self.tokenizer is None:
@@ -161,12 +145,8 @@ class OpenAIServer:
         self.models = {cfg.model_name: 0}  # name -> Best-of-N samples it implies (0: none)
         if cfg.best_of_alias_n:
             self.models[f"{cfg.model_name}-best-of-{cfg.best_of_alias_n}"] = cfg.best_of_alias_n
-        self.engine_thread = ThreadPoolExecutor(
-            1, thread_name_prefix="engine"
-        )  # the engine is not thread-safe
-        self._run_batch.set_max_batch_size(cfg.max_batch_size)
-        self._run_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
         self.metrics = ServeMetrics()
+        self.engine_loop = EngineLoop(self.engine, self.metrics.step)  # the engine is not thread-safe
         self.created = int(time.time())
 
     @app.get("/health")
@@ -244,44 +224,6 @@ class OpenAIServer:
         ids = encode_prompts(prompts, self.tokenizer, self.context, self.vocab, param)
         return Job(ids, plan.params, client), plan, req.model
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01, batch_size_fn=_sequences)
-    async def _run_batch(
-        self, jobs: list[Job]
-    ) -> AsyncIterator[list[list[SequenceUpdate] | type[StopIteration]]]:
-        """One engine run over the jobs that arrived together; per step, each job's updates.
-
-        A job that finished (or was cancelled) gets StopIteration from the next step on, which ends
-        its handler's iteration: Serve's protocol for a batch generator that is done with a caller.
-        """
-        owners = [(j, p) for j, job in enumerate(jobs) for p in range(len(job.prompts))]
-        prompts = [ids for job in jobs for ids in job.prompts]
-        params = [job.params for job in jobs for _ in job.prompts]
-        remaining = [job.sequences for job in jobs]
-
-        def cancelled(prompt: int) -> bool:
-            return jobs[owners[prompt][0]].cancelled.is_set()
-
-        try:
-            steps = self.engine.stream(prompts, params, cancelled)
-            async for updates in iterate_in_thread(steps, self.engine_thread):
-                per_job = [
-                    [] if remaining[j] and not job.cancelled.is_set() else StopIteration
-                    for j, job in enumerate(jobs)
-                ]
-                for u in updates:
-                    j, p = owners[u.prompt_index]
-                    if per_job[j] is not StopIteration:
-                        done = replace(u.completion, prompt_index=p) if u.completion else None
-                        per_job[j].append(replace(u, prompt_index=p, completion=done))
-                    remaining[j] -= u.completion is not None
-                running = sum(u.completion is None and not cancelled(u.prompt_index) for u in updates)
-                self.metrics.step(sum(len(u.token_ids) for u in updates), running)
-                yield per_job
-        finally:  # also when Serve tears the batch down: the engine thread must stop too
-            for job in jobs:
-                job.cancelled.set()
-            self.metrics.step(0, 0)
-
     async def _job_updates(self, job: Job) -> AsyncIterator[list[SequenceUpdate]]:
         """This job's share of each engine step, until all of its sequences finished.
 
@@ -290,7 +232,7 @@ class OpenAIServer:
         """
         remaining, generated = job.sequences, 0
         try:
-            async with aclosing(self._run_batch(job)) as steps:
+            async with aclosing(self.engine_loop.updates(job)) as steps:
                 async for updates in steps:
                     remaining -= sum(u.completion is not None for u in updates)
                     generated += sum(len(u.token_ids) for u in updates)

@@ -1,14 +1,17 @@
-"""The inference engine behind RL rollouts and the Serve app: batched, cached, optionally speculative.
+"""The inference engine behind RL rollouts, evaluation and the Serve app: continuously batched, cached,
+optionally speculative.
 
 One decode loop serves plain and speculative decoding: each step the proposer drafts k tokens (k=0
-without one), the target scores the pending token(s) plus the drafts in one forward pass, and
-`speculative.accept` keeps a prefix of the drafts and samples one more token. The first step's
-pending input is the whole prompt, so prefill is just a long step. The KV cache, with per-row
-holes where rows accepted different numbers of drafts, is `serving.cached_model.CachedModel`.
+without one), the target scores the pending token plus the drafts in one forward pass, and
+`speculative.accept` keeps a prefix of the drafts and samples one more token. Batching is
+continuous (serving.scheduler): sequences join the running batch at any step, their prompts
+prefilled once per distinct prompt, and leave the step they finish. The KV cache, with per-row
+holes where rows accepted different numbers of drafts or joined later, is
+`serving.cached_model.CachedModel`.
 
-Batching is static: sequences are taken `max_batch_size` at a time, shortest prompts first, and
-rows leave the batch as they finish. `generate` returns whole completions; `stream` yields each
-step's new tokens and drops the rows of prompts the caller cancels (a client that went away).
+`generate` returns whole completions; `stream` yields each step's new tokens and drops the rows of
+prompts the caller cancels (a client that went away); `scheduler()` hands out the loop itself, for
+a caller that keeps adding requests (the Serve deployment).
 """
 
 from __future__ import annotations
@@ -16,28 +19,21 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from serving.cached_model import CachedModel, decode_experts
+from serving.batch import SequenceState, SequenceUpdate
+from serving.cached_model import CachedModel, ExpertsMode
 from serving.config import SpeculativeConfig
 from serving.detokenize import StopChecker, cut_at_stop
 from serving.metrics import EngineStats
 from serving.ngram import NgramProposer
+from serving.optimize import QUANTIZE, compiled_decode, quantize_int8
 from serving.protocol import Completion, RequestMetrics, SamplingParams
-from serving.sampling import SamplingTensors, draw_uniforms, process_logits, token_logprobs
-from serving.speculative import (
-    AcceptanceTracker,
-    Draft,
-    DraftModelProposer,
-    Proposer,
-    accept,
-    choose_k,
-)
+from serving.scheduler import Scheduler
+from serving.speculative import DraftModelProposer, Proposer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -58,100 +54,6 @@ def _ngram_proposer(engine: Engine, batch: int) -> Proposer:
 
 
 PROPOSERS: dict[str, Callable[[Engine, int], Proposer]] = {"draft": _draft_proposer, "ngram": _ngram_proposer}
-
-
-@dataclass
-class _Sequence:
-    """Host-side state of one completion in flight."""
-
-    prompt_index: int
-    sample_index: int
-    prompt_ids: list[int]
-    params: SamplingParams
-    max_new: int
-    generator: torch.Generator
-    stop_checker: StopChecker | None
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    finish_reason: str | None = None
-    first_token_s: float = 0.0
-    latency_s: float = 0.0
-    verify_steps: int = 0
-    draft_tokens: int = 0
-    accepted_tokens: int = 0
-
-    def extend(self, tokens: list[int], logprobs: list[float], eos_ids: frozenset[int]) -> bool:
-        """Take one step's tokens in order until a finish condition; True when finished."""
-        for tok, lp in zip(tokens, logprobs, strict=True):
-            self.token_ids.append(tok)
-            self.logprobs.append(lp)
-            if tok in eos_ids and not self.params.ignore_eos:
-                self.finish_reason = "stop"
-            elif self.stop_checker is not None and self.stop_checker.add(tok):
-                self.finish_reason = "stop"
-            elif len(self.token_ids) >= self.max_new:
-                self.finish_reason = "length"
-            if self.finish_reason:
-                return True
-        return False
-
-
-@dataclass
-class SequenceUpdate:
-    """What one sequence gained in one engine step (`Engine.stream`)."""
-
-    prompt_index: int
-    sample_index: int
-    token_ids: list[int]  # generated this step (1 + accepted drafts, fewer when it finished mid-step)
-    logprobs: list[float]  # of token_ids, as in Completion.logprobs (zeros when no row asked for them)
-    completion: Completion | None = None  # set on the step the sequence finished
-
-
-@dataclass
-class _Step:
-    """What one verify step produced for each row."""
-
-    draft: Draft
-    n_accepted: torch.Tensor  # (B,) drafts kept
-    next_tokens: torch.Tensor  # (B,) the token sampled after them
-    emitted: torch.Tensor  # (B, k_used+1): row b emits emitted[b, : n_accepted[b] + 1]
-    logprobs: torch.Tensor | None  # (B, k_used+1) target log-probs of `emitted`
-
-
-@dataclass
-class _Batch:
-    """Device-side state of one static batch; rows leave as their sequences finish."""
-
-    seqs: list[_Sequence]
-    target: CachedModel
-    proposer: Proposer | None
-    params: SamplingTensors
-    pending: torch.Tensor  # (B, P) tokens the target has not seen yet (the prompt, then 1 per step)
-    pending_valid: torch.Tensor  # (B, P) False = left padding
-    k: int  # drafts per step (0 without a proposer)
-    tracker: AcceptanceTracker
-    want_logprobs: bool
-
-    def advance(self, next_tokens: torch.Tensor, finished: list[bool]) -> None:
-        """The sampled tokens are the next step's pending input; finished rows leave."""
-        self.pending = next_tokens.unsqueeze(1)
-        self.pending_valid = torch.ones_like(self.pending, dtype=torch.bool)
-        self.drop(finished)
-
-    def drop(self, leaving: list[bool]) -> None:
-        """Remove rows from the batch, their cache slots and drafter state included."""
-        if not any(leaving):
-            return
-        keep_list = [i for i, gone in enumerate(leaving) if not gone]
-        self.seqs = [self.seqs[i] for i in keep_list]
-        if not self.seqs:
-            return
-        keep = torch.tensor(keep_list, dtype=torch.long, device=self.pending.device)
-        self.target.select(keep)
-        if self.proposer is not None:
-            self.proposer.select(keep)
-        self.params = self.params.select(keep)
-        self.pending, self.pending_valid = self.pending[keep], self.pending_valid[keep]
 
 
 def _derive_seed(seed: int, sample_index: int) -> int:
@@ -175,8 +77,14 @@ class Engine:
         speculative: SpeculativeConfig | None = None,
         max_batch_size: int = 64,
         seed: int | None = None,  # draws the seeds of requests that bring none
+        quantize: str | None = None,  # "int8": int8 linear layers on CPU (serving.optimize)
+        compile: bool = False,  # torch.compile the decode step (pays after a ~minute cold start)
     ):
-        self.model = model.eval()
+        if quantize not in QUANTIZE:
+            raise ValueError(f"quantize={quantize!r} is not one of {QUANTIZE}")
+        self.quantize, self.compile = quantize, compile
+        self.float_model = model.eval()  # the weights as loaded; `model` may be their int8 copy
+        self.model = quantize_int8(model) if quantize else self.float_model
         for m in (model, draft_model):
             # MoE checkpoints keep output_router_logits=True for training; at inference the
             # load-balancing loss is wasted work and breaks on cached (shorter) attention masks.
@@ -184,13 +92,25 @@ class Engine:
                 m.config.output_router_logits = False
         self.tokenizer = tokenizer  # None: prompts must be token ids and text comes back empty
         self.device = next(model.parameters()).device
-        self.draft_model = draft_model.eval() if draft_model is not None else None
+        if draft_model is not None:
+            draft_model = quantize_int8(draft_model.eval()) if quantize else draft_model.eval()
+        self.draft_model = draft_model
         self.speculative = speculative
         self.max_batch_size = max_batch_size
         self.stats = EngineStats()
         self._seeds = random.Random(seed)
         self.eos_ids = self._eos_ids()
         self._check_speculative()
+        self.experts = ExpertsMode([m for m in (self.model, self.draft_model) if m is not None])
+        self.decode_forward = compiled_decode(self.model) if compile else self.model
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """Install new weights (Hugging Face names, as `float_model.state_dict()`); re-quantised when int8."""
+        self.float_model.load_state_dict(state, strict=True)
+        if self.quantize:
+            self.model = quantize_int8(self.float_model)
+            self.experts = ExpertsMode([m for m in (self.model, self.draft_model) if m is not None])
+            self.decode_forward = compiled_decode(self.model) if self.compile else self.model
 
     @classmethod
     def from_pretrained(
@@ -203,6 +123,8 @@ class Engine:
         speculative: SpeculativeConfig | None = None,
         max_batch_size: int = 64,
         seed: int | None = None,
+        quantize: str | None = None,
+        compile: bool = False,
     ) -> Engine:
         """Load a local HF directory (and optionally a draft model's). dtype None: fp32 on CPU, bf16 on CUDA.
 
@@ -227,6 +149,8 @@ class Engine:
             speculative=speculative,
             max_batch_size=max_batch_size,
             seed=seed,
+            quantize=quantize,
+            compile=compile,
         )
 
     def generate(
@@ -257,119 +181,30 @@ class Engine:
         is exhausted.
         """
         start = time.perf_counter()
-        seqs = self._sequences(prompts, params)
-        by_length = sorted(seqs, key=lambda s: len(s.prompt_ids))
+        scheduler = self.scheduler()
+        # Shortest prompts first: those admitted together are prefilled together, with less padding.
+        scheduler.add(sorted(self.sequences(prompts, params), key=lambda s: len(s.prompt_ids)))
         finished: list[Completion] = []
-        for i in range(0, len(by_length), self.max_batch_size):
-            for updates in self._decode(by_length[i : i + self.max_batch_size], start, cancelled):
-                finished.extend(u.completion for u in updates if u.completion)
-                yield updates
+        while scheduler.busy:
+            if cancelled is not None and scheduler.batch is not None:
+                scheduler.cancel(cancelled)
+                if not scheduler.busy:
+                    break
+            updates = scheduler.step()
+            finished.extend(u.completion for u in updates if u.completion)
+            yield updates
         self.stats.record(finished, time.perf_counter() - start)
 
-    def _decode(
-        self, seqs: list[_Sequence], start: float, cancelled: Callable[[int], bool] | None
-    ) -> Iterator[list[SequenceUpdate]]:
-        """Run one static batch to completion, filling each _Sequence in place."""
-        batch = self._start_batch(seqs)
-        yield self._advance(batch, start)  # prefill: the whole prompt in one step
-        with ExitStack() as stack:
-            for model in (self.model, self.draft_model):
-                if model is not None:
-                    stack.enter_context(decode_experts(model))
-            while batch.seqs:
-                if cancelled is not None:
-                    batch.drop([cancelled(s.prompt_index) for s in batch.seqs])
-                    if not batch.seqs:
-                        break
-                yield self._advance(batch, start)
+    def scheduler(self) -> Scheduler:
+        """A continuous-batching loop over this engine: `add` sequences (`sequences`), `step`."""
+        return Scheduler(self)
 
-    def _advance(self, batch: _Batch, start: float) -> list[SequenceUpdate]:
-        seqs = batch.seqs
-        before = [len(s.token_ids) for s in seqs]
-        step = self._step(batch)
-        finished = self._record_step(seqs, step, time.perf_counter() - start)
-        cfg = self.speculative
-        if cfg is not None and cfg.adaptive and step.draft.tokens.shape[1]:
-            alpha = batch.tracker.update(step.n_accepted, step.draft.valid.sum(dim=1))
-            batch.k = choose_k(alpha, cfg.draft_cost, cfg.k_min, cfg.k_max)
-        batch.advance(step.next_tokens, finished)
-        return [
-            SequenceUpdate(
-                s.prompt_index,
-                s.sample_index,
-                s.token_ids[n:],
-                s.logprobs[n:],
-                self._completion(s) if f else None,
-            )
-            for s, n, f in zip(seqs, before, finished, strict=True)
-        ]
+    def proposer(self, batch: int) -> Proposer | None:
+        """A fresh drafter for `batch` rows, or None without speculative decoding."""
+        return PROPOSERS[self.speculative.method](self, batch) if self.speculative else None
 
-    def _start_batch(self, seqs: list[_Sequence]) -> _Batch:
-        pending, pending_valid = self._left_pad([s.prompt_ids for s in seqs])
-        proposer = PROPOSERS[self.speculative.method](self, len(seqs)) if self.speculative else None
-        if proposer is not None:
-            proposer.start(pending, pending_valid)
-        params = SamplingTensors.build(
-            [s.params.temperature for s in seqs],
-            [s.params.top_k for s in seqs],
-            [s.params.top_p for s in seqs],
-            self.device,
-        )
-        return _Batch(
-            seqs=seqs,
-            target=CachedModel(self.model, len(seqs), self.device),
-            proposer=proposer,
-            params=params,
-            pending=pending,
-            pending_valid=pending_valid,
-            k=self.speculative.k if self.speculative else 0,
-            tracker=AcceptanceTracker(),
-            want_logprobs=any(s.params.logprobs for s in seqs),
-        )
-
-    def _step(self, b: _Batch) -> _Step:
-        """Draft k tokens, verify them with one target pass, keep a prefix plus one sampled token."""
-        k = min(b.k, max(s.max_new - len(s.token_ids) for s in b.seqs) - 1)  # no drafts past max_tokens
-        u = draw_uniforms([s.generator for s in b.seqs], 2 * k + 1, self.device)  # draft | accept | sample
-        draft = b.proposer.propose(k, b.params, u[:, :k]) if k else Draft.empty(len(b.seqs), self.device)
-        k_used = draft.tokens.shape[1]  # < k when no row's n-gram lookup filled the tail
-        inputs = torch.cat([b.pending, draft.tokens], dim=1)
-        valid = torch.cat([b.pending_valid, torch.ones_like(draft.tokens, dtype=torch.bool)], dim=1)
-        logits = b.target.forward(inputs, valid, logits_to_keep=k_used + 1).flatten(0, 1)  # (B*(k_used+1), V)
-        p = process_logits(logits, b.params.repeat_interleave(k_used + 1)).view(len(b.seqs), k_used + 1, -1)
-        n_accepted, next_tokens = accept(p, draft, u[:, k : k + k_used], u[:, 2 * k])
-        b.target.rollback(k_used - n_accepted)
-        if b.proposer is not None:
-            b.proposer.commit(n_accepted, next_tokens)
-        emitted = torch.cat([draft.tokens, next_tokens.unsqueeze(1)], dim=1)
-        emitted = emitted.scatter(1, n_accepted.unsqueeze(1), next_tokens.unsqueeze(1))  # (B, k_used+1)
-        logprobs = None
-        if b.want_logprobs:
-            temperature = b.params.temperature.repeat_interleave(k_used + 1)
-            logprobs = token_logprobs(logits, emitted.flatten(), temperature).view(emitted.shape)
-        return _Step(draft, n_accepted, next_tokens, emitted, logprobs)
-
-    def _record_step(self, seqs: list[_Sequence], step: _Step, now: float) -> list[bool]:
-        """Hand each row its accepted tokens; which rows finished. One device-to-host copy of ids."""
-        counts = torch.stack([step.n_accepted, step.draft.valid.sum(dim=1)], dim=1)
-        rows = torch.cat([counts, step.emitted], dim=1).tolist()  # (B, 2 + k_used + 1)
-        logprobs = (
-            step.logprobs.tolist() if step.logprobs is not None else [[0.0] * (len(r) - 2) for r in rows]
-        )
-        finished = []
-        for s, (n, n_proposed, *toks), lps in zip(seqs, rows, logprobs, strict=True):
-            if not s.token_ids:
-                s.first_token_s = now
-            s.verify_steps += 1
-            s.draft_tokens += n_proposed
-            s.accepted_tokens += n
-            done = s.extend(toks[: n + 1], lps[: n + 1], self.eos_ids)
-            if done:
-                s.latency_s = now
-            finished.append(done)
-        return finished
-
-    def _sequences(self, prompts, params) -> list[_Sequence]:
+    def sequences(self, prompts, params, first_index: int = 0) -> list[SequenceState]:
+        """Each prompt's params.n sequences, ready for `Scheduler.add`; prompt i gets first_index + i."""
         if isinstance(prompts, str):
             raise TypeError("Engine.generate takes a list of prompts; wrap a single prompt in a list")
         if params is None or isinstance(params, SamplingParams):
@@ -391,7 +226,7 @@ class Engine:
             for j in range(p.n):
                 checker = StopChecker(self.tokenizer, p.stop) if p.stop else None
                 gen = torch.Generator().manual_seed(_derive_seed(seed, j))
-                seqs.append(_Sequence(i, j, ids, p, room, gen, checker))
+                seqs.append(SequenceState(first_index + i, j, ids, p, room, gen, checker))
         return seqs
 
     def _encode(self, prompt: str | Sequence[int]) -> list[int]:
@@ -418,7 +253,7 @@ class Engine:
             valid[b, width - len(p) :] = True
         return tokens.to(self.device), valid.to(self.device)
 
-    def _completion(self, s: _Sequence) -> Completion:
+    def _completion(self, s: SequenceState) -> Completion:
         text = ""
         if self.tokenizer is not None:
             text = self.tokenizer.decode(s.token_ids, skip_special_tokens=True)
@@ -450,18 +285,22 @@ class Engine:
             ids.update(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
         return frozenset(int(i) for i in ids)
 
+    def _check_layers(self) -> None:
+        for role, m in (("model", self.model), ("draft model", self.draft_model)):
+            layer_types = getattr(m.config, "layer_types", None) or [] if m is not None else []
+            if "sliding_attention" in layer_types:
+                raise ValueError(
+                    f"the {role} has sliding-window attention layers; the engine's KV cache keeps every "
+                    "slot of a row (holes from speculation and continuous batching would shrink a window)"
+                )
+
     def _check_speculative(self) -> None:
+        self._check_layers()
         cfg = self.speculative
         if cfg is None:
             return
         if cfg.method not in PROPOSERS:
             raise ValueError(f"SpeculativeConfig.method={cfg.method!r} is not one of {sorted(PROPOSERS)}")
-        layer_types = getattr(self.model.config, "layer_types", None) or []
-        if "sliding_attention" in layer_types:
-            raise ValueError(
-                "speculative decoding needs full-attention layers: masked rollback slots would "
-                "shrink a sliding window"
-            )
         if cfg.method == "draft":
             if self.draft_model is None:
                 raise ValueError(

@@ -80,3 +80,9 @@ class NgramProposer:
     def select(self, keep: torch.Tensor) -> None:
         keep = keep.cpu()
         self.buf, self.lengths = self.buf[keep], self.lengths[keep]
+
+    def merge(self, other: NgramProposer) -> None:
+        width = max(self.buf.shape[1], other.buf.shape[1])
+        pad = torch.nn.functional.pad
+        self.buf = torch.cat([pad(p.buf, (0, width - p.buf.shape[1])) for p in (self, other)])
+        self.lengths = torch.cat([self.lengths, other.lengths])

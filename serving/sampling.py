@@ -57,6 +57,18 @@ class SamplingTensors:
     def select(self, idx: torch.Tensor) -> SamplingTensors:
         return self._with(self.temperature[idx], self.top_k[idx], self.top_p[idx])
 
+    def merge(self, other: SamplingTensors) -> SamplingTensors:
+        """This batch's rows, then other's (rows joining a running batch)."""
+        return SamplingTensors(
+            torch.cat([self.temperature, other.temperature]),
+            torch.cat([self.top_k, other.top_k]),
+            torch.cat([self.top_p, other.top_p]),
+            self.all_greedy and other.all_greedy,
+            self.any_greedy or other.any_greedy,
+            max(self.max_top_k, other.max_top_k),
+            self.any_top_p or other.any_top_p,
+        )
+
     def repeat_interleave(self, n: int) -> SamplingTensors:
         """Each row n times in a row, to process (B, n, V) logits flattened to (B*n, V)."""
         return self._with(*(t.repeat_interleave(n) for t in (self.temperature, self.top_k, self.top_p)))

@@ -13,6 +13,7 @@ Pure torch: models are reached only through the small `CachedModel` interface th
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -126,6 +127,72 @@ class AcceptanceTracker:
         return self.accepted / max(self.judged, 1e-9)
 
 
+class MeasuredK:
+    """k_policy="auto": picks the draft length (0 = no speculation) by measured throughput.
+
+    Each candidate k is an arm with a decayed mean of tokens emitted per second of decode step,
+    timed around the whole step (draft passes, verify pass, acceptance and the host copy that ends
+    the step, which also waits for a GPU). The best arm runs; every `explore_every` steps the next
+    other arm runs `probe_steps` steps, its first step unmeasured (a drafter that sat out k=0 steps
+    first catches up on their tokens), so a change of prompts or batch size is noticed and the
+    exploration costs at most probe_steps / explore_every of a step each round. No cost model: on a
+    CPU the verify pass grows with k, and a draft pass is far from free, which is exactly what
+    Leviathan's model (`choose_k`) assumes away.
+    """
+
+    def __init__(
+        self,
+        candidates: Sequence[int],
+        start: int,
+        explore_every: int = 48,
+        probe_steps: int = 3,
+        decay: float = 0.7,
+    ):
+        self.arms = sorted(set(candidates) | {0, start})
+        self.rate: dict[int, float | None] = dict.fromkeys(self.arms, None)  # tokens/s
+        self.explore_every, self.probe_steps, self.decay = explore_every, probe_steps, decay
+        self.k = start
+        self._unseen = [a for a in self.arms if a != start]  # every arm is measured once first
+        self._probe_left = probe_steps
+        self._since_probe = 0
+        self._next_probe = 0
+
+    def observe(self, tokens: int, seconds: float) -> int:
+        """Record the step just run with self.k; returns the k for the next step."""
+        first_of_probe = self._probe_left == self.probe_steps
+        self._probe_left -= 1
+        if not first_of_probe and seconds > 0:
+            old, new = self.rate[self.k], tokens / seconds
+            self.rate[self.k] = new if old is None else self.decay * old + (1 - self.decay) * new
+        if self._probe_left > 0:
+            return self.k
+        if self._unseen:  # the opening round: each arm once
+            self._switch(self._unseen.pop(0))
+            return self.k
+        best = self.best()
+        if self.k != best:  # a probe ended, or the best arm changed
+            self._switch(best)
+            return self.k
+        self._since_probe += 1
+        if self._since_probe >= self.explore_every:
+            others = [a for a in self.arms if a != best]
+            self._next_probe %= len(others)
+            self._switch(others[self._next_probe])
+            self._next_probe += 1
+            self._since_probe = 0
+            return self.k
+        self._probe_left = 1  # keep exploiting, measured
+        return self.k
+
+    def best(self) -> int:
+        measured = {a: r for a, r in self.rate.items() if r is not None}
+        return max(measured, key=measured.get) if measured else self.k
+
+    def _switch(self, k: int) -> None:
+        self.k = k
+        self._probe_left = self.probe_steps
+
+
 class CachedModel(Protocol):
     """A model with a batched KV cache (serving.engine.CachedModel)."""
 
@@ -134,6 +201,8 @@ class CachedModel(Protocol):
     def rollback(self, n_drop: torch.Tensor) -> None: ...
 
     def select(self, keep: torch.Tensor) -> None: ...
+
+    def merge(self, other: CachedModel) -> None: ...
 
 
 class Proposer(Protocol):
@@ -148,6 +217,10 @@ class Proposer(Protocol):
     def commit(self, n_accepted: torch.Tensor, next_tokens: torch.Tensor) -> None: ...
 
     def select(self, keep: torch.Tensor) -> None: ...
+
+    def merge(self, other: Proposer) -> None:
+        """Append other's rows (a batch admitted into this one; same proposer type)."""
+        ...
 
 
 class DraftModelProposer:
@@ -164,7 +237,10 @@ class DraftModelProposer:
         self._last_drafted: torch.Tensor | None = None  # (B,) draft[k-1], sampled but not yet fed
 
     def start(self, tokens: torch.Tensor, valid: torch.Tensor) -> None:
-        self.pending, self.pending_valid = tokens, valid
+        """Prefill the prompts now, while they are a batch of their own (see Engine's admission)."""
+        self.model.forward(tokens, valid, logits_to_keep=1)
+        self.pending = tokens[:, :0]
+        self.pending_valid = valid[:, :0]
 
     def propose(self, k: int, params: SamplingTensors, u: torch.Tensor) -> Draft:
         tokens, valid = self.pending, self.pending_valid
@@ -203,3 +279,15 @@ class DraftModelProposer:
     def select(self, keep: torch.Tensor) -> None:
         self.model.select(keep)
         self.pending, self.pending_valid = self.pending[keep], self.pending_valid[keep]
+
+    def merge(self, other: DraftModelProposer) -> None:
+        """Append other's rows; pending inputs are right-aligned, holes padding the shorter side."""
+        if self._k or other._k:
+            raise RuntimeError("DraftModelProposer.merge between propose and commit")
+        self.model.merge(other.model)
+        width = max(self.pending.shape[1], other.pending.shape[1])
+        pad = torch.nn.functional.pad
+        self.pending = torch.cat([pad(p.pending, (width - p.pending.shape[1], 0)) for p in (self, other)])
+        self.pending_valid = torch.cat(
+            [pad(p.pending_valid, (width - p.pending_valid.shape[1], 0)) for p in (self, other)]
+        )

@@ -27,6 +27,7 @@ class GroupSampler:
                 cfg.rewards,
                 cfg.reward_timeout_s,
                 threads=cfg.rollout_threads,
+                quantize=cfg.rollout_quantize,
                 with_reference=cfg.kl_coef > 0,
             )
             for _ in range(cfg.num_rollout_workers)

@@ -58,13 +58,16 @@ class RolloutWorker:
         *,
         max_batch_size: int = 64,
         threads: int = 1,
+        quantize: str | None = None,
         with_reference: bool = False,
     ):
         from rl.rollout.rewards import RewardScorer, instantiate_rewards
         from serving.engine import Engine
 
         torch.set_num_threads(threads)
-        self.engine = Engine.from_pretrained(model_dir, device="auto", max_batch_size=max_batch_size)
+        self.engine = Engine.from_pretrained(
+            model_dir, device="auto", max_batch_size=max_batch_size, quantize=quantize
+        )
         self.scorer = RewardScorer(instantiate_rewards(rewards), reward_timeout_s)
         # The frozen reference for the KL term: the starting policy, never updated.
         self.reference = Engine.from_pretrained(model_dir, device="auto").model if with_reference else None
@@ -79,13 +82,13 @@ class RolloutWorker:
         the push of a newer version (seen with async rollouts), and must not undo it."""
         if version < self.version:
             return self.version
-        self.engine.model.load_state_dict(state, strict=True)
+        self.engine.load_weights(state)
         self.version = version
         return version
 
     def state_dict(self) -> tuple[int, dict[str, torch.Tensor]]:
         """(version, weights): lets a test compare a worker's policy with the learner's."""
-        return self.version, {k: v.detach().clone() for k, v in self.engine.model.state_dict().items()}
+        return self.version, {k: v.detach().clone() for k, v in self.engine.float_model.state_dict().items()}
 
     def rollout(
         self, rows: list[dict], first_index: int, params: RolloutParams, seed: int, die: bool = False

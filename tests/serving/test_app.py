@@ -33,6 +33,7 @@ MODEL = "reasonforge"
 ARGS = {  # as `serve run` passes them: strings, dotted keys for nested fields
     "speculative": "draft",
     "num_speculative_tokens": "4",
+    "k_policy": "fixed",  # the local `engine` below must draft the same lengths to compare acceptance
     "max_batch_size": "8",
     "max_ongoing_requests": "4",
     "max_queued_requests": "2",
@@ -361,6 +362,20 @@ def test_client_disconnect_mid_stream_frees_the_slot(url):
     assert health["running_sequences"] == 0
     assert health["cancelled_sequences"] == before["cancelled_sequences"] + 1
     assert health["generated_tokens"] - before["generated_tokens"] < 1500
+
+
+def test_a_short_request_finishes_while_a_long_one_admitted_before_it_is_still_streaming(url, client):
+    """Continuous batching through real HTTP: the short request does not wait for the long one."""
+    body = {"model": MODEL, "prompt": "The quick", "max_tokens": 1500, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as response:
+        lines = response.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))  # the long one is decoding
+        short = client.completions.create(
+            model=MODEL, prompt="Reasoning", max_tokens=8, temperature=0, extra_body={"ignore_eos": True}
+        )
+        assert short.usage.completion_tokens == 8
+        still_streaming = _health(url)["running_sequences"]
+    assert still_streaming == 1  # the long request was still running when the short one answered
 
 
 def _requests_counted(port: int, endpoint: str, status: str) -> float:

@@ -144,7 +144,8 @@ def test_self_draft_accepts_every_greedy_token(target):
     engine = Engine(target, draft_model=target, speculative=SpeculativeConfig(k=3), max_batch_size=8)
     out = engine.generate(random_prompts(8, vocab=128, seed=7), GREEDY)
     assert engine.stats.acceptance_rate == 1.0
-    assert all(c.metrics.verify_steps == 4 for c in out)  # 16 tokens in steps of k+1 = 4
+    # 16 tokens: 1 from the prefill, then steps of k+1 = 4 (4, 4, 4), then the last 3 (k capped at 2)
+    assert all(c.metrics.verify_steps == 5 for c in out)
 
 
 def test_summarize_reports_acceptance_and_accepted_length(target, draft):
@@ -233,3 +234,21 @@ def test_from_pretrained_loads_a_local_directory(text_engine, tmp_path):
         assert texts == [c.text for c in text_engine.generate(prompts, params)]
     assert loaded.stats.draft_tokens > 0
     assert loaded.tokenizer.eos_token_id in loaded.eos_ids
+
+
+def test_int8_engine_mostly_agrees_with_fp32_and_requantises_new_weights(target):
+    prompts = random_prompts(8, vocab=128, seed=31)
+    fp32 = Engine(target).generate(prompts, GREEDY)
+    engine = Engine(copy.deepcopy(target), quantize="int8")
+    assert type(engine.model.lm_head).__name__ == "Linear" and engine.model is not engine.float_model
+    assert "quantized" in type(engine.model.lm_head).__module__
+    int8 = engine.generate(prompts, GREEDY)
+    # First tokens see identical contexts: int8 error must not flip a clear argmax there.
+    assert sum(a.token_ids[0] == b.token_ids[0] for a, b in zip(fp32, int8, strict=True)) >= 7
+    other = tiny_target(vocab=128, seed=9)
+    engine.load_weights(other.state_dict())
+    want = Engine(other).generate(prompts, GREEDY)
+    after = engine.generate(prompts, GREEDY)
+    assert sum(a.token_ids[0] == b.token_ids[0] for a, b in zip(want, after, strict=True)) >= 7
+    with pytest.raises(ValueError, match="quantize='int4' is not one of"):
+        Engine(target, quantize="int4")
