@@ -20,6 +20,7 @@ import os
 import platform
 import random
 import socket
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ import torch
 from bench_decode import random_pair
 from ray import serve
 
+import serving
 from orchestration.atomic import atomic_write_json
 from rl.tasks.format import FORMAT_TAGS
 from serving.app import app_for
@@ -36,13 +38,16 @@ from serving.config import AutoscalingSettings, ServeConfig
 from serving.load import post_all, summarize
 from training.tokenizer import train_tokenizer
 
-# name -> (serve.speculative, max_batch_size); None = --batch-size
+# name -> (serve.speculative, max_batch_size, serve.quantize); None = --batch-size. The draft
+# setups use serve.k_policy's default ("auto" since continuous batching; "fixed" before).
 SETUPS = {
-    "batched": ("off", None),
-    "batched+draft": ("draft", None),
-    "batched+ngram": ("ngram", None),
-    "unbatched": ("off", 1),
-    "unbatched+draft": ("draft", 1),
+    "batched": ("off", None, None),
+    "batched+int8": ("off", None, "int8"),
+    "batched+draft": ("draft", None, None),
+    "batched+int8+draft": ("draft", None, "int8"),
+    "batched+ngram": ("ngram", None, None),
+    "unbatched": ("off", 1, None),
+    "unbatched+draft": ("draft", 1, None),
 }
 
 
@@ -55,6 +60,16 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--requests", type=int, default=32, help="timed requests per setup and concurrency")
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument(
+        "--lengths",
+        default=None,
+        help="comma-separated max_tokens the requests cycle through (default: --max-tokens)",
+    )
+    ap.add_argument(
+        "--gsm8k",
+        action="store_true",
+        help="prompts: GSM8K test questions through the target's chat template",
+    )
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=16, help="max_batch_size of the batched setups")
     ap.add_argument("--k", type=int, default=4, help="draft tokens per step")
@@ -80,15 +95,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def measure(url: str, args, vocab: int, concurrency: int) -> dict:
+def measure(url: str, args, vocab: int, concurrency: int, questions: list[list[int]] | None) -> dict:
+    """Warm-up, then the timed requests; every setup gets the same prompts and lengths in order."""
     rng = random.Random(args.seed + concurrency)
+    lengths = [int(x) for x in (args.lengths or str(args.max_tokens)).split(",")]
+    count = iter(range(10**9))
 
     def payload() -> dict:
-        prompt = [rng.randrange(3, vocab) for _ in range(args.prompt_len)]  # past the special tokens
+        i = next(count)
+        if questions:
+            prompt = questions[i % len(questions)]
+        else:
+            prompt = [rng.randrange(3, vocab) for _ in range(args.prompt_len)]  # past the special tokens
         return {
             "model": "reasonforge",
             "prompt": prompt,
-            "max_tokens": args.max_tokens,
+            "max_tokens": lengths[i % len(lengths)],
             "temperature": 0,
             "ignore_eos": True,
         }
@@ -97,6 +119,17 @@ def measure(url: str, args, vocab: int, concurrency: int) -> dict:
     start = time.perf_counter()
     replies = asyncio.run(post_all(url, [payload() for _ in range(args.requests)], concurrency))
     return summarize(replies, time.perf_counter() - start)
+
+
+def gsm8k_prompts(model_dir: str, n: int = 64) -> list[list[int]]:
+    from transformers import AutoTokenizer
+
+    from rl.tasks.gsm8k import SHIPPED_DIR, load_samples
+    from training.chat import conversation, prompt_text
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    questions = [s.prompt for s in load_samples([str(SHIPPED_DIR / "test.jsonl")])[:n]]
+    return [tok.encode(prompt_text(tok, conversation(q)), add_special_tokens=False) for q in questions]
 
 
 def main() -> None:
@@ -110,6 +143,7 @@ def main() -> None:
             target, draft = args.target, args.draft
             models = f"target={target} draft={draft}"
         vocab = model_vocab(target)
+        questions = gsm8k_prompts(target) if args.gsm8k else None
         ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -117,11 +151,13 @@ def main() -> None:
         runs = []
         try:
             for name in args.setups.split(","):
-                speculative, batch = SETUPS[name]
+                speculative, batch, quantize = SETUPS[name]
                 if speculative == "draft" and draft is None:
                     print(f"skipping {name}: no --draft")
                     continue
+                extra = {"quantize": quantize} if quantize else {}  # older ServeConfigs lack the field
                 cfg = ServeConfig(
+                    **extra,
                     speculative=speculative,
                     num_speculative_tokens=args.k,
                     max_batch_size=batch or args.batch_size,
@@ -138,7 +174,7 @@ def main() -> None:
                         "speculative": speculative,
                         "max_batch_size": cfg.max_batch_size,
                         "concurrency": c,
-                        **measure(url, args, vocab, c),
+                        **measure(url, args, vocab, c, questions),
                     }
                     runs.append(row)
                     print(
@@ -160,6 +196,11 @@ def main() -> None:
             # 1-minute load average before and after: on a shared machine, other work skews the figures
             "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         },
+        "serving_code": subprocess.run(
+            ["git", "-C", str(Path(serving.__file__).parent), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip(),
         "models": models,
         "settings": {k: v for k, v in vars(args).items() if k not in ("target", "draft", "out")},
         "runs": runs,

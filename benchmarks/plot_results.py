@@ -132,7 +132,15 @@ def decode_section(data: dict, fig: Figure) -> str:
     spec = ", ".join(
         f"{name}: acceptance {s['acceptance_rate']:.2f}, {s['mean_accepted_length']:.2f} tokens/step"
         for name, s in data["speculative"].items()
+        if name != "model"
     )
+    if "model" in data["speculative"]:
+        m = data["speculative"]["model"]
+        spec += (
+            f"; at k={m['k']}: draft/target step cost {m['draft_over_target_step_cost']:.2f}, implied "
+            f"speedup {m['implied_speedup']:.2f}x, measured {m['measured_speedup_fixed_k']:.2f}x (fixed k), "
+            f"{m['measured_speedup_auto']:.2f}x (auto)"
+        )
     settings = (
         f"Target {data['target']} ({data['target_params']:,} parameters), draft {data['draft']}, "
         f"{data['threads']} threads; batch 1: {data['batch1']['prompts']} GSM8K questions x "

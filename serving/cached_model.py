@@ -77,8 +77,11 @@ class SlotLayer(DynamicLayer):
             self._view()
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self.is_initialized:
-            self._k, self._v = self._k[indices, :, : self.length], self._v[indices, :, : self.length]
+        if self.is_initialized:  # the capacity is kept, so the next step appends without regrowing
+            k = self._k.new_zeros(len(indices), *self._k.shape[1:])
+            v = self._v.new_zeros(len(indices), *self._v.shape[1:])
+            k[:, :, : self.length], v[:, :, : self.length] = self.keys[indices], self.values[indices]
+            self._k, self._v = k, v
             self._view()
 
     def batch_repeat_interleave(self, repeats: int) -> None:
@@ -91,13 +94,27 @@ class SlotLayer(DynamicLayer):
         super().reset()
         self.length = 0
 
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.batch_select_indices(beam_idx)
+
+    def offload(self):
+        raise NotImplementedError("SlotLayer keeps its buffers on one device")
+
+    def prefetch(self):
+        raise NotImplementedError("SlotLayer keeps its buffers on one device")
+
     def stack_rows(self, other: SlotLayer, width: int) -> None:
         """This layer's rows, then other's, each right-aligned in `width` slots (holes on the left)."""
-        k = self._k.new_zeros(self._k.shape[0] + other._k.shape[0], self._k.shape[1], width, self._k.shape[3])
-        v = self._v.new_zeros(k.shape[0], self._v.shape[1], width, self._v.shape[3])
+        capacity = max(width + 64, self._k.shape[2])  # room for the next steps
+        k = self._k.new_zeros(
+            self._k.shape[0] + other._k.shape[0], self._k.shape[1], capacity, self._k.shape[3]
+        )
+        v = self._v.new_zeros(k.shape[0], self._v.shape[1], capacity, self._v.shape[3])
         rows = self._k.shape[0]
-        k[:rows, :, width - self.length :], v[:rows, :, width - self.length :] = self.keys, self.values
-        k[rows:, :, width - other.length :], v[rows:, :, width - other.length :] = other.keys, other.values
+        k[:rows, :, width - self.length : width] = self.keys
+        v[:rows, :, width - self.length : width] = self.values
+        k[rows:, :, width - other.length : width] = other.keys
+        v[rows:, :, width - other.length : width] = other.values
         self._k, self._v, self.length = k, v, width
         self._view()
 
@@ -127,7 +144,8 @@ class CachedModel:
         """Append (B, T) tokens (valid=False: a hole) and return the last `logits_to_keep` logits."""
         positions = (self.next_pos.unsqueeze(1) + valid.long().cumsum(1) - 1).clamp(min=0)
         self.mask = torch.cat([self.mask, valid.long()], dim=1)
-        out = (self.decode if tokens.shape[1] <= DECODE_WIDTH else self.model)(
+        decoding = self.mask.shape[1] > tokens.shape[1] and tokens.shape[1] <= DECODE_WIDTH  # not a prefill
+        out = (self.decode if decoding else self.model)(
             input_ids=tokens,
             attention_mask=self.mask,
             position_ids=positions,

@@ -33,7 +33,7 @@ from serving.ngram import NgramProposer
 from serving.optimize import QUANTIZE, compiled_decode, quantize_int8
 from serving.protocol import Completion, RequestMetrics, SamplingParams
 from serving.scheduler import Scheduler
-from serving.speculative import DraftModelProposer, Proposer
+from serving.speculative import DraftModelProposer, MeasuredK, Proposer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -82,14 +82,15 @@ class Engine:
     ):
         if quantize not in QUANTIZE:
             raise ValueError(f"quantize={quantize!r} is not one of {QUANTIZE}")
-        self.quantize, self.compile = quantize, compile
-        self.float_model = model.eval()  # the weights as loaded; `model` may be their int8 copy
-        self.model = quantize_int8(model) if quantize else self.float_model
         for m in (model, draft_model):
             # MoE checkpoints keep output_router_logits=True for training; at inference the
             # load-balancing loss is wasted work and breaks on cached (shorter) attention masks.
+            # (Before quantising: the int8 copy takes its config from here.)
             if m is not None and getattr(m.config, "output_router_logits", False):
                 m.config.output_router_logits = False
+        self.quantize, self.compile = quantize, compile
+        self.float_model = model.eval()  # the weights as loaded; `model` may be their int8 copy
+        self.model = quantize_int8(model) if quantize else self.float_model
         self.tokenizer = tokenizer  # None: prompts must be token ids and text comes back empty
         self.device = next(model.parameters()).device
         if draft_model is not None:
@@ -103,6 +104,13 @@ class Engine:
         self._check_speculative()
         self.experts = ExpertsMode([m for m in (self.model, self.draft_model) if m is not None])
         self.decode_forward = compiled_decode(self.model) if compile else self.model
+        # k_policy="auto" keeps its measurements across generate() calls and Serve steps.
+        cfg = self.speculative
+        self.measured_k = None
+        if cfg is not None and cfg.k_policy == "auto":
+            self.measured_k = MeasuredK(
+                [k for k in (1, 2, 4, 8, cfg.k) if cfg.k_min <= k <= cfg.k_max], cfg.k
+            )
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         """Install new weights (Hugging Face names, as `float_model.state_dict()`); re-quantised when int8."""

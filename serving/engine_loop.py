@@ -86,47 +86,54 @@ class EngineLoop:
             if not self.scheduler.busy:
                 self._wake.wait()
             self._wake.clear()
-            while not self._inbox.empty():
-                job, out, loop = self._inbox.get()
-                entry = _Entry(job, out, next_index, job.sequences)
-                try:
-                    seqs = self.engine.sequences(job.prompts, job.params, first_index=next_index)
-                except Exception as err:  # a request the engine refuses fails alone
-                    loop.call_soon_threadsafe(out.put_nowait, err)
-                    continue
-                entries[next_index] = entry
-                for p in range(len(job.prompts)):
-                    owner[next_index + p] = entry
-                next_index += len(job.prompts)
-                self.scheduler.add(seqs)
-            gone = [e for e in entries.values() if e.job.cancelled.is_set()]
-            if gone:
-                self.scheduler.cancel(lambda i: owner[i].job.cancelled.is_set())
-                for e in gone:
-                    self._close(e, entries, owner, _END)
-                self._report(0)
-            if not self.scheduler.busy:
-                continue
             try:
-                updates = self.scheduler.step()
-            except Exception as err:  # the engine's state is unknown: every job in it fails, say why
+                next_index = self._admit(entries, owner, next_index)
+                self._step(entries, owner)
+            except BaseException as err:  # the engine's state is unknown: every job in it fails, saying why
                 self.scheduler = self.engine.scheduler()
                 for e in list(entries.values()):
                     self._close(e, entries, owner, err)
+                self._report(0)
+
+    def _admit(self, entries: dict, owner: dict, next_index: int) -> int:
+        while not self._inbox.empty():
+            job, out, loop = self._inbox.get()
+            try:
+                seqs = self.engine.sequences(job.prompts, job.params, first_index=next_index)
+            except Exception as err:  # a request the engine refuses fails alone
+                loop.call_soon_threadsafe(out.put_nowait, err)
                 continue
-            per_job: dict[int, list[SequenceUpdate]] = {}
-            for u in updates:
-                e = owner[u.prompt_index]
-                local = u.prompt_index - e.first_index
-                done = replace(u.completion, prompt_index=local) if u.completion else None
-                per_job.setdefault(e.first_index, []).append(replace(u, prompt_index=local, completion=done))
-                e.remaining -= u.completion is not None
-            for first, job_updates in per_job.items():
-                e = entries[first]
-                self._send(e, job_updates)
-                if e.remaining == 0:
-                    self._close(e, entries, owner, _END)
-            self._report(sum(len(u.token_ids) for u in updates))
+            entry = _Entry(job, out, next_index, job.sequences)
+            entries[next_index] = entry
+            for p in range(len(job.prompts)):
+                owner[next_index + p] = entry
+            next_index += len(job.prompts)
+            self.scheduler.add(seqs)
+        return next_index
+
+    def _step(self, entries: dict, owner: dict) -> None:
+        gone = {first for first, e in entries.items() if e.job.cancelled.is_set()}  # one snapshot
+        if gone:
+            self.scheduler.cancel(lambda i: owner[i].first_index in gone)
+            for first in gone:
+                self._close(entries[first], entries, owner, _END)
+            self._report(0)
+        if not self.scheduler.busy:
+            return
+        updates = self.scheduler.step()
+        per_job: dict[int, list[SequenceUpdate]] = {}
+        for u in updates:
+            e = owner[u.prompt_index]
+            local = u.prompt_index - e.first_index
+            done = replace(u.completion, prompt_index=local) if u.completion else None
+            per_job.setdefault(e.first_index, []).append(replace(u, prompt_index=local, completion=done))
+            e.remaining -= u.completion is not None
+        for first, job_updates in per_job.items():
+            e = entries[first]
+            self._send(e, job_updates)
+            if e.remaining == 0:
+                self._close(e, entries, owner, _END)
+        self._report(sum(len(u.token_ids) for u in updates))
 
     def _report(self, tokens: int) -> None:
         if self.on_step is not None and self._loop is not None:

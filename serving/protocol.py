@@ -15,7 +15,9 @@ class SamplingParams:
     top_k: int = 0  # keep only the k most likely tokens; 0 keeps all
     top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches top_p
     stop: list[str] = field(default_factory=list)  # text is cut before the first of these; finish "stop"
-    seed: int | None = None  # same seed and prompt -> same completion; None draws a fresh seed
+    # Same seed and prompt -> same completion (also under speculative k_policy="auto", which holds k
+    # fixed while a seeded sampled row is decoding); None draws a fresh seed.
+    seed: int | None = None
     n: int = 1  # completions per prompt (a GRPO group); sample i uses a seed derived from (seed, i)
     logprobs: bool = True  # return log pi(token) per generated token (see Completion.logprobs)
     ignore_eos: bool = False  # keep going past EOS (benchmarks want fixed lengths)

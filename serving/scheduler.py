@@ -27,7 +27,7 @@ import torch
 from serving.batch import Batch, SequenceState, SequenceUpdate, Step
 from serving.cached_model import CachedModel
 from serving.sampling import SamplingTensors, draw_uniforms, process_logits, sample, token_logprobs
-from serving.speculative import AcceptanceTracker, Draft, MeasuredK, accept, choose_k
+from serving.speculative import AcceptanceTracker, Draft, accept, choose_k
 
 if TYPE_CHECKING:
     from serving.engine import Engine
@@ -41,12 +41,9 @@ class Scheduler:
         self.waiting: deque[SequenceState] = deque()
         self.batch: Batch | None = None
         cfg = engine.speculative
-        self.k = cfg.k if cfg is not None else 0
+        self.measured = engine.measured_k  # shared by the engine's schedulers: it outlives a generate()
+        self.k = self.measured.k if self.measured is not None else cfg.k if cfg is not None else 0
         self.tracker = AcceptanceTracker()
-        self.measured = None
-        if cfg is not None and cfg.k_policy == "auto":
-            arms = [k for k in (1, 2, 4, 8, cfg.k) if cfg.k_min <= k <= cfg.k_max]
-            self.measured = MeasuredK(arms, cfg.k)
 
     @property
     def busy(self) -> bool:
@@ -148,13 +145,21 @@ class Scheduler:
         for s in b.seqs:
             touched.setdefault(id(s), (s, len(s.token_ids)))
         self.engine.experts.decode()
-        started = time.perf_counter()
-        step = self._verify(b)
         seqs = b.seqs
-        finished = self._record(seqs, step)
+        before = sum(len(s.token_ids) for s in seqs)
         cfg = self.engine.speculative
-        if self.measured is not None:
-            emitted = sum(len(s.token_ids) - touched[id(s)][1] for s in seqs)
+        # A seeded sampled row gets the same completion every time only if its draws do not depend
+        # on timing: while one is in the batch, k stays at the configured value (greedy rows are
+        # exact at any k; unseeded rows only promise the distribution).
+        seeded = self.measured is not None and any(
+            s.params.seed is not None and s.params.temperature > 0 for s in seqs
+        )
+        started = time.perf_counter()
+        step = self._verify(b, cfg.k if seeded else self.k)
+        finished = self._record(seqs, step)
+        if self.measured is not None and not seeded:
+            # Per row: a batch's tokens/s grows with its rows, and arms are measured at different times.
+            emitted = (sum(len(s.token_ids) for s in seqs) - before) / len(seqs)
             self.k = self.measured.observe(emitted, time.perf_counter() - started)
         elif cfg is not None and cfg.k_policy == "adaptive" and step.draft.tokens.shape[1]:
             alpha = self.tracker.update(step.n_accepted, step.draft.valid.sum(dim=1))
@@ -163,10 +168,10 @@ class Scheduler:
         if not b.seqs:
             self.batch = None
 
-    def _verify(self, b: Batch) -> Step:
+    def _verify(self, b: Batch, k: int) -> Step:
         """Draft k tokens, verify them with one target pass, keep a prefix plus one sampled token."""
         device = self.engine.device
-        k = min(self.k, max(s.max_new - len(s.token_ids) for s in b.seqs) - 1)  # no drafts past max_tokens
+        k = min(k, max(s.max_new - len(s.token_ids) for s in b.seqs) - 1)  # no drafts past max_tokens
         u = draw_uniforms([s.generator for s in b.seqs], 2 * k + 1, device)  # draft | accept | sample
         draft = b.proposer.propose(k, b.params, u[:, :k]) if k > 0 else Draft.empty(len(b.seqs), device)
         k_used = draft.tokens.shape[1]  # < k when no row's n-gram lookup filled the tail

@@ -130,7 +130,7 @@ class AcceptanceTracker:
 class MeasuredK:
     """k_policy="auto": picks the draft length (0 = no speculation) by measured throughput.
 
-    Each candidate k is an arm with a decayed mean of tokens emitted per second of decode step,
+    Each candidate k is an arm with a decayed mean of tokens emitted per row per second of decode step,
     timed around the whole step (draft passes, verify pass, acceptance and the host copy that ends
     the step, which also waits for a GPU). The best arm runs; every `explore_every` steps the next
     other arm runs `probe_steps` steps, its first step unmeasured (a drafter that sat out k=0 steps
@@ -157,7 +157,7 @@ class MeasuredK:
         self._since_probe = 0
         self._next_probe = 0
 
-    def observe(self, tokens: int, seconds: float) -> int:
+    def observe(self, tokens: float, seconds: float) -> int:
         """Record the step just run with self.k; returns the k for the next step."""
         first_of_probe = self._probe_left == self.probe_steps
         self._probe_left -= 1

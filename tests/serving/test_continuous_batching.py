@@ -144,3 +144,14 @@ def test_auto_k_keeps_greedy_tokens(target, draft):
     cfg = SpeculativeConfig(k=2, k_policy="auto", k_max=4)
     auto = Engine(target, draft_model=draft, speculative=cfg, max_batch_size=5).generate(prompts, GREEDY)
     assert [c.token_ids for c in auto] == [c.token_ids for c in plain]
+
+
+def test_seeded_samples_are_reproducible_under_auto_k(target, draft):
+    prompts = random_prompts(4, vocab=128, seed=12)
+    params = SamplingParams(max_tokens=20, temperature=1.0, seed=7, n=2, ignore_eos=True)
+    fixed = Engine(target, draft_model=draft, speculative=SpeculativeConfig(k=2)).generate(prompts, params)
+    auto_cfg = SpeculativeConfig(k=2, k_policy="auto", k_max=4)
+    engine = Engine(target, draft_model=draft, speculative=auto_cfg)
+    engine.measured_k.k = 4  # as if measurements had moved it: seeded rows must not follow
+    auto = engine.generate(prompts, params)
+    assert [c.token_ids for c in auto] == [c.token_ids for c in fixed]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -252,3 +253,19 @@ def test_int8_engine_mostly_agrees_with_fp32_and_requantises_new_weights(target)
     assert sum(a.token_ids[0] == b.token_ids[0] for a, b in zip(want, after, strict=True)) >= 7
     with pytest.raises(ValueError, match="quantize='int4' is not one of"):
         Engine(target, quantize="int4")
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("k_policy", "fastest", "k_policy in ('fixed', 'adaptive', 'auto')"),
+        ("quantize", "int4", "quantize in (null, 'int8')"),
+    ],
+)
+def test_serve_config_names_a_bad_engine_setting(field, value, message):
+    from serving.config import ServeConfig
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ServeConfig(**{field: value})
+    with pytest.raises(ValueError, match="k_policy='fastest' is not one of"):
+        SpeculativeConfig(k_policy="fastest")
