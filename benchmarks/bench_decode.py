@@ -52,6 +52,11 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--gguf", help="the same model as GGUF, for the llama.cpp anchor (llama-cpp-py-sync)")
     ap.add_argument("--gguf-precision", default="Q4_1")
     ap.add_argument("--questions", default=str(SHIPPED_DIR / "test.jsonl"))
+    ap.add_argument(
+        "--prompts-from",
+        help="a data-stage split dir (e.g. outputs/demo/data/eval) instead of GSM8K: for models whose "
+        "context or tokenizer cannot take GSM8K questions (the demo's 512-position MoE)",
+    )
     ap.add_argument("--single-prompts", type=int, default=4)
     ap.add_argument("--single-tokens", type=int, default=64)
     ap.add_argument("--concurrent", type=int, default=16)
@@ -198,8 +203,13 @@ def main() -> None:
     started_load = wait_for_idle(args.max_load, args.wait_idle_s)
     tok = AutoTokenizer.from_pretrained(args.target)
     n_prompts = max(args.single_prompts, args.concurrent)
-    questions = [s.prompt for s in load_samples([args.questions])[:n_prompts]]
-    texts = [prompt_text(tok, conversation(q)) for q in questions]
+    if args.prompts_from:  # a run's own held-out prompts, already chat-rendered
+        from datasets import load_from_disk
+
+        texts = list(load_from_disk(args.prompts_from)["prompt"][:n_prompts])
+    else:
+        questions = [s.prompt for s in load_samples([args.questions])[:n_prompts]]
+        texts = [prompt_text(tok, conversation(q)) for q in questions]
     prompts = [tok.encode(t, add_special_tokens=False) for t in texts]
     lengths = [int(x) for x in args.lengths.split(",")]
 
@@ -255,13 +265,19 @@ def main() -> None:
         single.append(
             Contender("draft_model_alone", one_at_a_time(lambda p, n: engine_run(draft_alone, p, n)), "fp32")
         )
-    llm = None
+    llama_cpp = "not asked for (--gguf)"
     if args.gguf:
-        import llama_cpp_py_sync
+        try:
+            import llama_cpp_py_sync
 
-        llm = llama_cpp_py_sync.Llama(
-            args.gguf, n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads
-        )
+            llm = llama_cpp_py_sync.Llama(
+                args.gguf, n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads
+            )
+        except Exception as err:  # e.g. the prebuilt libllama.so needs a newer glibc than the machine's
+            llama_cpp = f"unavailable: {type(err).__name__}: {err}"
+            print(f"llama.cpp anchor skipped: {llama_cpp}", flush=True)
+    if args.gguf and not llama_cpp.startswith("unavailable"):
+        llama_cpp = f"llama-cpp-py-sync, {args.gguf_precision}"
         single_texts = texts[: args.single_prompts]
         single.append(
             Contender(
@@ -320,6 +336,8 @@ def main() -> None:
                 f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False)
             ),
             "target": args.target,
+            "prompts": args.prompts_from
+            or f"GSM8K test questions ({args.questions}) through the chat template",
             "draft": args.draft,
             "gguf": args.gguf,
             "target_params": sum(p.numel() for p in model.parameters()),
@@ -331,6 +349,7 @@ def main() -> None:
             "greedy_tokens_equal_to_generate_batch1": equal,
             "speculative": spec_stats,
             "cold_compile_s": compile_s,
+            "llama_cpp": llama_cpp,
             "machine": {
                 "cpu_count": os.cpu_count(),
                 "torch": torch.__version__,

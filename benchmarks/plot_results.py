@@ -143,7 +143,7 @@ def decode_section(data: dict, fig: Figure) -> str:
         )
     settings = (
         f"Target {data['target']} ({data['target_params']:,} parameters), draft {data['draft']}, "
-        f"{data['threads']} threads; batch 1: {data['batch1']['prompts']} GSM8K questions x "
+        f"{data['threads']} threads; prompts: {data['prompts']}; batch 1: {data['batch1']['prompts']} prompts x "
         f"{data['batch1']['max_tokens']} tokens; concurrent: {data['concurrent']['requests']} requests, "
         f"limits {data['concurrent']['max_tokens']}. 1-minute load average at start "
         f"{data['load_average_1m_at_start']:.2f}, before each timed run {min(loads):.2f}-{max(loads):.2f}. "

@@ -133,7 +133,7 @@ class CachedModel:
         self.model = model
         # Decode and verify steps (a few tokens per row) may run a compiled forward
         # (serving.optimize.compiled_decode); prefills of whole prompts always run eager.
-        self.decode = decode or model
+        self.decode = decode if decode is not None else model
         self.cache = SlotCache()
         # (B, slots): 1 = a real token, 0 = left padding, a rolled-back draft, or a merge's padding
         self.mask = torch.zeros(batch_size, 0, dtype=torch.long, device=device)

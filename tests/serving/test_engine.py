@@ -269,3 +269,13 @@ def test_serve_config_names_a_bad_engine_setting(field, value, message):
         ServeConfig(**{field: value})
     with pytest.raises(ValueError, match="k_policy='fastest' is not one of"):
         SpeculativeConfig(k_policy="fastest")
+
+
+@pytest.mark.slow  # a cold torch.compile: ~30 s on 2 cores
+def test_compiled_decode_gives_the_eager_greedy_tokens(target):
+    prompts = random_prompts(3, vocab=128, seed=1)
+    want = Engine(target).generate(prompts, GREEDY)
+    engine = Engine(target, compile=True)
+    assert engine.decode_forward is not engine.model
+    for _ in range(2):  # cold, then warm (rows leave between steps: the batch size changes too)
+        assert [c.token_ids for c in engine.generate(prompts, GREEDY)] == [c.token_ids for c in want]
