@@ -152,8 +152,10 @@ def hf_generate(model, tok, prompts: list[list[int]], limits: list[int], eos: se
     return [useful(row, n, eos) for row, n in zip(out[:, width:].tolist(), limits, strict=True)]
 
 
-def engine_run(engine: Engine, prompts: list[list[int]], limits: list[int]) -> list[list[int]]:
-    params = [SamplingParams(max_tokens=n, temperature=0.0) for n in limits]
+def engine_run(
+    engine: Engine, prompts: list[list[int]], limits: list[int], ignore_eos: bool = False
+) -> list[list[int]]:
+    params = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=ignore_eos) for n in limits]
     return [c.token_ids for c in engine.generate(prompts, params)]
 
 
@@ -165,17 +167,32 @@ def llama_run(llm, texts: list[str], limits: list[int], tok) -> list[list[int]]:
     return out
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine, of this process) so far."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+    t = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), t.user + t.system
+
+
 def run_workload(name: str, contenders: list[Contender], repeats: int) -> dict:
+    """Each contender's warm-up, then `repeats` interleaved rounds. Per timed run it records the
+    1-minute load average before it (this process's own threads included: ~2 while it runs) and
+    the CPU cores other processes used during it (the machine's busy time minus this process's):
+    the figure that says whether the machine was idle."""
     loads = []
     for c in contenders:
         c.tokens = c.run()  # warm-up (and, for compiled contenders, what is left of compiling)
     for _ in range(repeats):
         for c in contenders:
             before = os.getloadavg()[0]
+            busy0, mine0 = cpu_seconds()
             start = time.perf_counter()
             c.tokens = c.run()
-            c.times.append(time.perf_counter() - start)
-            loads.append((c.name, before, os.getloadavg()[0]))
+            wall = time.perf_counter() - start
+            busy1, mine1 = cpu_seconds()
+            c.times.append(wall)
+            loads.append((c.name, before, max(0.0, ((busy1 - busy0) - (mine1 - mine0)) / wall)))
     rows = []
     for c in contenders:
         wall = statistics.median(c.times)
@@ -190,7 +207,7 @@ def run_workload(name: str, contenders: list[Contender], repeats: int) -> dict:
             }
         )
         print(f"  [{name}] {c.name:28s} {c.precision:6s} {n:5d} tok  {n / wall:7.1f} tok/s", flush=True)
-    return {"rows": rows, "load_average_1m_before_after": loads}
+    return {"rows": rows, "load_average_1m_before_and_other_cpu_cores": loads}
 
 
 def main() -> None:
@@ -263,7 +280,12 @@ def main() -> None:
     if draft is not None:  # the draft decoding alone: its step cost against the target's
         draft_alone = Engine(draft, tok, max_batch_size=1)
         single.append(
-            Contender("draft_model_alone", one_at_a_time(lambda p, n: engine_run(draft_alone, p, n)), "fp32")
+            # EOS ignored: the draft's step cost over the target's whole token count
+            Contender(
+                "draft_model_alone",
+                one_at_a_time(lambda p, n: engine_run(draft_alone, p, n, ignore_eos=True)),
+                "fp32",
+            )
         )
     llama_cpp = "not asked for (--gguf)"
     if args.gguf:

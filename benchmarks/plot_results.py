@@ -128,7 +128,10 @@ def decode_section(data: dict, fig: Figure) -> str:
                 ],
             )
         )
-    loads = [b for key in ("batch1", "concurrent") for _, b, _ in data[key]["load_average_1m_before_after"]]
+    runs = [
+        r for key in ("batch1", "concurrent") for r in data[key]["load_average_1m_before_and_other_cpu_cores"]
+    ]
+    loads, others = [r[1] for r in runs], [r[2] for r in runs]
     spec = ", ".join(
         f"{name}: acceptance {s['acceptance_rate']:.2f}, {s['mean_accepted_length']:.2f} tokens/step"
         for name, s in data["speculative"].items()
@@ -146,7 +149,9 @@ def decode_section(data: dict, fig: Figure) -> str:
         f"{data['threads']} threads; prompts: {data['prompts']}; batch 1: {data['batch1']['prompts']} prompts x "
         f"{data['batch1']['max_tokens']} tokens; concurrent: {data['concurrent']['requests']} requests, "
         f"limits {data['concurrent']['max_tokens']}. 1-minute load average at start "
-        f"{data['load_average_1m_at_start']:.2f}, before each timed run {min(loads):.2f}-{max(loads):.2f}. "
+        f"{data['load_average_1m_at_start']:.2f}, before each timed run {min(loads):.2f}-{max(loads):.2f} (the "
+        f"benchmark's own 2 threads included); other processes used {max(others):.2f} CPU cores at most "
+        "during any timed run. "
         f"Greedy tokens equal to `generate`'s at batch 1: {data['greedy_tokens_equal_to_generate_batch1']}. "
         f"Speculative: {spec or 'not run'}. Cold compile: {data['cold_compile_s'] or 'not run'}."
     )

@@ -103,20 +103,23 @@ class SlotLayer(DynamicLayer):
     def prefetch(self):
         raise NotImplementedError("SlotLayer keeps its buffers on one device")
 
-    def stack_rows(self, other: SlotLayer, width: int) -> None:
-        """This layer's rows, then other's, each right-aligned in `width` slots (holes on the left)."""
-        capacity = max(width + 64, self._k.shape[2])  # room for the next steps
-        k = self._k.new_zeros(
-            self._k.shape[0] + other._k.shape[0], self._k.shape[1], capacity, self._k.shape[3]
-        )
-        v = self._v.new_zeros(k.shape[0], self._v.shape[1], capacity, self._v.shape[3])
-        rows = self._k.shape[0]
-        k[:rows, :, width - self.length : width] = self.keys
-        v[:rows, :, width - self.length : width] = self.values
-        k[rows:, :, width - other.length : width] = other.keys
-        v[rows:, :, width - other.length : width] = other.values
-        self._k, self._v, self.length = k, v, width
-        self._view()
+    @staticmethod
+    def stacked(a: SlotLayer | None, rows_a: int, b: SlotLayer | None, rows_b: int, width: int) -> SlotLayer:
+        """a's rows, then b's, each right-aligned in `width` slots (holes on the left); a side that
+        holds nothing yet (None: a drafter that has not read its prompts) contributes hole rows."""
+        like = a if a is not None else b
+        capacity = max(width + 64, like._k.shape[2])  # room for the next steps
+        k = like._k.new_zeros(rows_a + rows_b, like._k.shape[1], capacity, like._k.shape[3])
+        v = like._v.new_zeros(rows_a + rows_b, like._v.shape[1], capacity, like._v.shape[3])
+        for layer, rows in ((a, slice(0, rows_a)), (b, slice(rows_a, rows_a + rows_b))):
+            if layer is not None:
+                k[rows, :, width - layer.length : width] = layer.keys
+                v[rows, :, width - layer.length : width] = layer.values
+        out = SlotLayer()
+        out.dtype, out.device, out.is_initialized = like.dtype, like.device, True
+        out._k, out._v, out.length = k, v, width
+        out._view()
+        return out
 
 
 class SlotCache(DynamicCache):
@@ -176,8 +179,13 @@ class CachedModel:
     def merge(self, other: CachedModel) -> None:
         """Append other's rows (prefilled apart) to this batch, aligning both on their last slot."""
         width = max(self.mask.shape[1], other.mask.shape[1])
-        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
-            mine.stack_rows(theirs, width)
+        mine, theirs = self.cache.layers, other.cache.layers
+        if mine or theirs:
+            rows = (self.mask.shape[0], other.mask.shape[0])
+            self.cache.layers = [
+                SlotLayer.stacked(a, rows[0], b, rows[1], width)
+                for a, b in zip(mine or [None] * len(theirs), theirs or [None] * len(mine), strict=True)
+            ]
         pad = [torch.nn.functional.pad(m.mask, (width - m.mask.shape[1], 0)) for m in (self, other)]
         self.mask = torch.cat(pad, dim=0)
         self.next_pos = torch.cat([self.next_pos, other.next_pos])

@@ -132,12 +132,9 @@ class ServeConfig:
     k_policy: str = "auto"
     device: str = "auto"  # "auto": cuda when the replica has a GPU, else cpu
     dtype: str | None = None  # float32 | bfloat16 | float16; null: fp32 on CPU, bf16 on CUDA
-    # CPU only: "int8" runs the linear layers in int8 (serving.optimize; ~1.4x faster decode on
-    # SmolLM2, accuracy cost in benchmarks/results); null keeps `dtype`.
+    # CPU only: "int8" runs the linear layers in int8 (serving.optimize; 1.4x faster decode on
+    # SmolLM2, its accuracy cost in benchmarks/results/int8_accuracy.json); null keeps `dtype`.
     quantize: str | None = None
-    # torch.compile the decode step: ~1.5x faster per step on CPU at batch 1, after a cold compile of
-    # ~70 s per new batch size, paid by the replica's first requests; for long-lived endpoints.
-    compile: bool = False
     seed: int | None = 0  # seeds the replica's draws for requests that bring no seed
     # Sequences (prompts x samples) decoded together; requests join the running batch at any step
     # while it has room (continuous batching), and wait in the replica's engine queue otherwise.

@@ -129,7 +129,6 @@ class OpenAIServer:
             max_batch_size=cfg.max_batch_size,
             seed=cfg.seed,
             quantize=cfg.quantize,
-            compile=cfg.compile,
         )
         self.tokenizer = self.engine.tokenizer
         if self.tokenizer is None:

@@ -1,13 +1,19 @@
-"""Faster CPU inference for the engine: int8 linear layers and a compiled decode step.
+"""Faster CPU inference for the engine: int8 linear layers, and (experimental) a compiled decode step.
 
-Measured on SmolLM2-135M-Instruct, 2 cores of this project's CI machine (AVX-512 VNNI), one
+int8: measured on SmolLM2-135M-Instruct, 2 cores of this project's CI machine (AVX-512 VNNI), one
 decode step at batch 1: fp32 eager 33-40 ms; `quantize_dynamic` int8 (fbgemm: int8 weights,
 activations quantised per step) 23 ms; torch's weight-only int8 kernel (`_weight_int8pack_mm`)
 105 ms; torchao 0.18 `Int8WeightOnlyConfig` 89 ms eager and 65 ms compiled. So "int8" here is
 torch's dynamic quantisation, the fastest int8 this CPU runs; its accuracy cost is measured by
-benchmarks/bench_int8_accuracy.py. torch.compile of the fp32 decode step: 24 ms after a
-~70 s cold compile per new batch size (the step is launch-bound: ~25% of eager time is
-Python and small ops), so it pays for a long-lived server or a long rollout job, not a test.
+benchmarks/eval_int8.py. On tiny models (the demo's 160k-parameter MoE) it is slower: quantising
+activations costs more than the small matmuls it speeds up.
+
+compile: a bare decode loop over transformers' DynamicCache ran 24 ms/step compiled vs 40 eager
+(SmolLM2, batch 1, after a ~70 s cold compile). Inside the engine it does not pay: dynamo guards on
+the slot cache's length and capacity, so growing caches and changing batch sizes recompile (4
+graphs in the first 24 tokens; 260 s cold at 2 threads) and the compiled engine decoded 17.9 tok/s
+against 27.5 eager (benchmarks/results/decode_smollm2.json). So no config turns it on; the engine
+keeps the switch for experiments (a fixed-capacity cache would be the next thing to try).
 """
 
 from __future__ import annotations

@@ -237,10 +237,9 @@ class DraftModelProposer:
         self._last_drafted: torch.Tensor | None = None  # (B,) draft[k-1], sampled but not yet fed
 
     def start(self, tokens: torch.Tensor, valid: torch.Tensor) -> None:
-        """Prefill the prompts now, while they are a batch of their own (see Engine's admission)."""
-        self.model.forward(tokens, valid, logits_to_keep=1)
-        self.pending = tokens[:, :0]
-        self.pending_valid = valid[:, :0]
+        """The prompts become pending input: the drafter reads them on its first `propose`, so a
+        batch that never drafts (k_policy="auto" at k=0) never pays for the drafter's prefill."""
+        self.pending, self.pending_valid = tokens, valid
 
     def propose(self, k: int, params: SamplingTensors, u: torch.Tensor) -> Draft:
         tokens, valid = self.pending, self.pending_valid
