@@ -130,14 +130,15 @@ class AcceptanceTracker:
 class MeasuredK:
     """k_policy="auto": picks the draft length (0 = no speculation) by measured throughput.
 
-    Each candidate k is an arm with a decayed mean of tokens emitted per row per second of decode step,
-    timed around the whole step (draft passes, verify pass, acceptance and the host copy that ends
-    the step, which also waits for a GPU). The best arm runs; every `explore_every` steps the next
-    other arm runs `probe_steps` steps, its first step unmeasured (a drafter that sat out k=0 steps
-    first catches up on their tokens), so a change of prompts or batch size is noticed and the
-    exploration costs at most probe_steps / explore_every of a step each round. No cost model: on a
-    CPU the verify pass grows with k, and a draft pass is far from free, which is exactly what
-    Leviathan's model (`choose_k`) assumes away.
+    Each candidate k is an arm with a decayed mean of tokens emitted per row per second of decode
+    step, timed around the whole step (draft passes, verify pass, acceptance and the host copy that
+    ends the step, which also waits for a GPU). After an opening round that measures every arm, the
+    best arm runs, and another arm is probed for `probe_steps` steps when it falls due, its first
+    step unmeasured (a drafter that sat out k=0 steps first catches up on their tokens). An arm
+    that loses its probe waits twice as long for the next one (from `explore_every` steps up to
+    `max_wait`), so a draft that never pays costs less and less to keep checking; one that wins is
+    checked often again. No cost model: on a CPU the verify pass grows with k and a draft pass is
+    far from free, exactly what Leviathan's model (`choose_k`) assumes away.
     """
 
     def __init__(
@@ -145,20 +146,25 @@ class MeasuredK:
         candidates: Sequence[int],
         start: int,
         explore_every: int = 48,
+        max_wait: int = 1536,
         probe_steps: int = 3,
         decay: float = 0.7,
     ):
         self.arms = sorted(set(candidates) | {0, start})
-        self.rate: dict[int, float | None] = dict.fromkeys(self.arms, None)  # tokens/s
-        self.explore_every, self.probe_steps, self.decay = explore_every, probe_steps, decay
+        self.rate: dict[int, float | None] = dict.fromkeys(self.arms, None)  # tokens per row per s
+        self.explore_every, self.max_wait = explore_every, max_wait
+        self.probe_steps, self.decay = probe_steps, decay
+        self.wait = dict.fromkeys(self.arms, explore_every)
+        self.due = dict.fromkeys(self.arms, explore_every)  # the step from which an arm may be probed
+        self.steps = 0
         self.k = start
         self._unseen = [a for a in self.arms if a != start]  # every arm is measured once first
         self._probe_left = probe_steps
-        self._since_probe = 0
-        self._next_probe = 0
+        self._probing: int | None = None
 
     def observe(self, tokens: float, seconds: float) -> int:
         """Record the step just run with self.k; returns the k for the next step."""
+        self.steps += 1
         first_of_probe = self._probe_left == self.probe_steps
         self._probe_left -= 1
         if not first_of_probe and seconds > 0:
@@ -170,16 +176,17 @@ class MeasuredK:
             self._switch(self._unseen.pop(0))
             return self.k
         best = self.best()
-        if self.k != best:  # a probe ended, or the best arm changed
+        if self._probing is not None:  # a probe ended: back off from an arm that lost it
+            arm, self._probing = self._probing, None
+            self.wait[arm] = self.explore_every if arm == best else min(2 * self.wait[arm], self.max_wait)
+            self.due[arm] = self.steps + self.wait[arm]
+        if self.k != best:
             self._switch(best)
             return self.k
-        self._since_probe += 1
-        if self._since_probe >= self.explore_every:
-            others = [a for a in self.arms if a != best]
-            self._next_probe %= len(others)
-            self._switch(others[self._next_probe])
-            self._next_probe += 1
-            self._since_probe = 0
+        due = [a for a in self.arms if a != best and self.due[a] <= self.steps]
+        if due:
+            self._probing = min(due, key=self.due.get)
+            self._switch(self._probing)
             return self.k
         self._probe_left = 1  # keep exploiting, measured
         return self.k

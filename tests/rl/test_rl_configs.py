@@ -29,6 +29,7 @@ from rl.tasks.config import ArithmeticConfig, CountdownConfig, TaskConfig
         (lambda: RlvrConfig(temperature=0.0), r"rlvr.temperature must be > 0"),
         (lambda: RlvrConfig(mode="async", max_staleness=0), r"rlvr.max_staleness must be >= 1"),
         (lambda: RlvrConfig(clip_low=1.0), r"rlvr.clip_low must be in \[0, 1\)"),
+        (lambda: RlvrConfig(rollout_quantize="int4"), r"rlvr.rollout_quantize must be null or .int8."),
         (lambda: RlvrConfig(optimizer="sgd"), r"optimizer must be one of \('muonclip', 'adamw'\) or null"),
         (lambda: DistillConfig(loss="mse"), r"distill.loss='mse' is not one of"),
         (lambda: DistillConfig(prompts_split="eval"), r"prompts_split='eval'"),

@@ -331,17 +331,18 @@ def test_same_seed_gives_the_same_sample_alone_or_in_a_batch(target, draft):
 
 @pytest.mark.parametrize("speed", [{0: 100.0, 2: 60.0, 4: 40.0}, {0: 100.0, 2: 180.0, 4: 150.0}])
 def test_measured_k_runs_the_fastest_arm_and_probes_the_others_rarely(speed):
-    policy = MeasuredK([2, 4], start=2)  # explore every 48 steps, 3-step probes
+    policy = MeasuredK([2, 4], start=2)  # probes from every 48 steps, backing off to every 1536
     ks = []
-    for _ in range(1000):
+    for _ in range(3000):
         ks.append(policy.k)
         policy.observe(tokens=int(speed[policy.k]), seconds=1.0)
     fastest = max(speed, key=speed.get)
     assert policy.best() == fastest
-    tail = ks[100:]
-    assert tail.count(fastest) / len(tail) > 0.88  # 3 probe steps per 48 + 3 back to the best arm
-    throughput = sum(speed[k] for k in tail) / len(tail)
-    assert throughput >= 0.95 * speed[fastest]
+    head, tail = ks[:500], ks[500:]
+    assert head.count(fastest) / len(head) > 0.8  # the opening round and the first, frequent probes
+    assert tail.count(fastest) / len(tail) > 0.97  # losing arms are probed ever more rarely
+    throughput = sum(speed[k] for k in ks) / len(ks)
+    assert throughput >= 0.97 * speed[fastest]
 
 
 def test_measured_k_follows_a_change_in_which_arm_is_fastest():
