@@ -21,6 +21,7 @@ import platform
 import random
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -201,6 +202,7 @@ def main() -> None:
             capture_output=True,
             text=True,
         ).stdout.strip(),
+        "command": "benchmarks/bench_serve.py " + " ".join(sys.argv[1:]),
         "models": models,
         "settings": {k: v for k, v in vars(args).items() if k not in ("target", "draft", "out")},
         "runs": runs,

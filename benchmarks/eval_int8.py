@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -69,7 +70,12 @@ def main() -> None:
     fp32 = Engine.from_pretrained(args.model, "cpu", max_batch_size=64)
     int8 = Engine(fp32.float_model, fp32.tokenizer, quantize="int8", max_batch_size=64)
     rows = eval_split(args.eval_dir, EvalConfig(limit=args.limit))
-    result: dict = {"model": args.model, "eval_dir": args.eval_dir, "load_average_start": os.getloadavg()}
+    result: dict = {
+        "command": "benchmarks/eval_int8.py " + " ".join(sys.argv[1:]),
+        "model": args.model,
+        "eval_dir": args.eval_dir,
+        "load_average_start": os.getloadavg(),
+    }
     scores = {}
     for name, engine in (("fp32", fp32), ("int8", int8)):
         start = time.perf_counter()

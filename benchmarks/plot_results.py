@@ -129,9 +129,12 @@ def decode_section(data: dict, fig: Figure) -> str:
             )
         )
     runs = [
-        r for key in ("batch1", "concurrent") for r in data[key]["load_average_1m_before_and_other_cpu_cores"]
+        r
+        for key in ("batch1", "concurrent")
+        for r in data[key].get("load_average_1m_before_and_other_cpu_cores")
+        or [(n, before, None) for n, before, _ in data[key]["load_average_1m_before_after"]]  # older files
     ]
-    loads, others = [r[1] for r in runs], [r[2] for r in runs]
+    loads, others = [r[1] for r in runs], [r[2] for r in runs if r[2] is not None]
     spec = ", ".join(
         f"{name}: acceptance {s['acceptance_rate']:.2f}, {s['mean_accepted_length']:.2f} tokens/step"
         for name, s in data["speculative"].items()
@@ -146,12 +149,17 @@ def decode_section(data: dict, fig: Figure) -> str:
         )
     settings = (
         f"Target {data['target']} ({data['target_params']:,} parameters), draft {data['draft']}, "
-        f"{data['threads']} threads; prompts: {data['prompts']}; batch 1: {data['batch1']['prompts']} prompts x "
+        f"{data['threads']} threads; prompts: {data.get('prompts', 'GSM8K test questions')}; batch 1: {data['batch1']['prompts']} prompts x "
         f"{data['batch1']['max_tokens']} tokens; concurrent: {data['concurrent']['requests']} requests, "
         f"limits {data['concurrent']['max_tokens']}. 1-minute load average at start "
         f"{data['load_average_1m_at_start']:.2f}, before each timed run {min(loads):.2f}-{max(loads):.2f} (the "
-        f"benchmark's own 2 threads included); other processes used {max(others):.2f} CPU cores at most "
-        "during any timed run. "
+        f"benchmark's own 2 threads included)"
+        + (
+            f"; other processes used {max(others):.2f} CPU cores at most during any timed run. "
+            if others
+            else " (this file predates the other-processes CPU record). "
+        )
+        + f"llama.cpp: {data.get('llama_cpp', 'not recorded')}. "
         f"Greedy tokens equal to `generate`'s at batch 1: {data['greedy_tokens_equal_to_generate_batch1']}. "
         f"Speculative: {spec or 'not run'}. Cold compile: {data['cold_compile_s'] or 'not run'}."
     )
@@ -170,10 +178,40 @@ def generic_section(data: dict, fig: Figure) -> str:
     return "\n\n".join(tables) or "*No tabular records in this file.*"
 
 
+def int8_section(data: dict, fig: Figure) -> str:
+    """int8's accuracy cost: paired pass@1 on a run's task, agreement / KL with fp32 on GSM8K."""
+    g = data["gsm8k"]
+    return table(
+        ["measure", "fp32", "int8", "int8 - fp32"],
+        [
+            [
+                f"greedy pass@1, {data['prompts']} prompts of {data['eval_dir']} ({data['model']})",
+                f"{data['fp32_pass@1']:.3f} ± {data['fp32_pass@1_se']:.3f}",
+                f"{data['int8_pass@1']:.3f} ± {data['int8_pass@1_se']:.3f}",
+                f"**{data['int8_minus_fp32']:+.3f} ± {data['int8_minus_fp32_se']:.3f}** (paired)",
+            ],
+            [
+                f"next-token argmax agreement, {g['positions']} positions of fp32's replies to "
+                f"{g['questions']} GSM8K questions",
+                "1",
+                f"{g['argmax_agreement']:.3f}",
+                "",
+            ],
+            [
+                "KL(fp32 || int8) per position, mean / p99 (nats)",
+                "0",
+                f"{g['kl_mean']:.3f} / {g['kl_p99']:.2f}",
+                "",
+            ],
+        ],
+    )
+
+
 # kind -> (section title, renderer that may draw into the figure and returns the section's markdown)
 SECTIONS: dict[str, tuple[str, Callable[[dict, Figure], str]]] = {
     "train": ("Training throughput and MFU: ours vs a plain PyTorch loop", train_section),
-    "decode": ("Decoding: engine vs `generate`, speculative vs target-only", decode_section),
+    "decode": ("Decoding: engine settings vs `generate`, speculative vs target-only", decode_section),
+    "int8": ("int8 inference: its accuracy cost", int8_section),
 }
 
 

@@ -104,12 +104,14 @@ class Engine:
         self._check_speculative()
         self.experts = ExpertsMode([m for m in (self.model, self.draft_model) if m is not None])
         self.decode_forward = compiled_decode(self.model) if compile else self.model
-        # k_policy="auto" keeps its measurements across generate() calls and Serve steps.
+        # k_policy="auto" keeps its measurements across generate() calls and Serve steps. Its arms
+        # stop at 4 drafts (and the configured k): every probe of a losing arm costs its full step,
+        # and on a CPU k=8 never paid (each draft pass there costs ~1/3 of a target step).
         cfg = self.speculative
         self.measured_k = None
         if cfg is not None and cfg.k_policy == "auto":
             self.measured_k = MeasuredK(
-                [k for k in (1, 2, 4, 8, cfg.k) if cfg.k_min <= k <= cfg.k_max], cfg.k
+                [k for k in (1, 2, 4, cfg.k) if cfg.k_min <= k <= cfg.k_max], cfg.k
             )
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
