@@ -37,7 +37,6 @@ from rl.tasks.gsm8k import SHIPPED_DIR, load_samples
 from serving.config import SpeculativeConfig
 from serving.engine import Engine
 from serving.protocol import SamplingParams
-from serving.speculative import expected_tokens
 from training.chat import conversation, prompt_text
 
 
@@ -336,20 +335,6 @@ def main() -> None:
                 "acceptance_rate": e.stats.acceptance_rate,
                 "mean_accepted_length": e.stats.mean_accepted_length,
             }
-    rates = {r["contender"]: r["tokens_per_s"] for r in single_result["rows"]}
-    if draft is not None and "engine_fp32+draft_fixed" in spec_stats:
-        # Leviathan et al.: E[tokens per verify step] / (1 + k * c), c = draft step / target step,
-        # taking a verify pass of k+1 tokens as one target step (true while memory-bound).
-        alpha = spec_stats["engine_fp32+draft_fixed"]["acceptance_rate"]
-        c = rates["engine_fp32"] / rates["draft_model_alone"]
-        spec_stats["model"] = {
-            "k": args.k,
-            "acceptance_rate": alpha,
-            "draft_over_target_step_cost": c,
-            "implied_speedup": expected_tokens(alpha, args.k) / (1 + args.k * c),
-            "measured_speedup_fixed_k": rates["engine_fp32+draft_fixed"] / rates["engine_fp32"],
-            "measured_speedup_auto": rates["engine_fp32+draft_auto"] / rates["engine_fp32"],
-        }
     atomic_write_json(
         Path(args.out),
         {
@@ -364,6 +349,7 @@ def main() -> None:
             "gguf": args.gguf,
             "target_params": sum(p.numel() for p in model.parameters()),
             "draft_params": sum(p.numel() for p in draft.parameters()) if draft is not None else None,
+            "k": args.k,
             "threads": args.threads,
             "load_average_1m_at_start": started_load,
             "batch1": {"prompts": len(single_p), "max_tokens": args.single_tokens, **single_result},

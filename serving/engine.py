@@ -110,9 +110,7 @@ class Engine:
         cfg = self.speculative
         self.measured_k = None
         if cfg is not None and cfg.k_policy == "auto":
-            self.measured_k = MeasuredK(
-                [k for k in (1, 2, 4, cfg.k) if cfg.k_min <= k <= cfg.k_max], cfg.k
-            )
+            self.measured_k = MeasuredK([k for k in (1, 2, 4, cfg.k) if cfg.k_min <= k <= cfg.k_max], cfg.k)
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         """Install new weights (Hugging Face names, as `float_model.state_dict()`); re-quantised when int8."""
