@@ -3,11 +3,13 @@
     .venv/bin/python benchmarks/bench_serve.py                          # random-init pair, built here
     .venv/bin/python benchmarks/bench_serve.py --target DIR --draft DIR  # e.g. a run's rlvr/model, distill/model
 
-One replica. For each setup (speculative decoding off / by the draft model / by n-gram lookup; dynamic
-batching on, or off = max_batch_size 1) and each concurrency C, C clients in a closed loop (each sends
-its next request when its last one returns) send --requests completions of --max-tokens tokens
-(greedy, EOS ignored, random token-id prompts of --prompt-len), after a warm-up. Reported: requests/s,
-generated tokens/s, p50/p99 latency (client-side, whole response) and the draft acceptance rate.
+One replica. For each setup (speculative decoding off / by the draft model / by n-gram lookup, int8
+or not; batching on (continuous since 34dcb02, `@serve.batch` static batches before), or off =
+max_batch_size 1) and each concurrency C, C clients in a closed loop (each sends its next request
+when its last one returns) send --requests completions (greedy, EOS ignored; output limits cycling
+through --lengths, default --max-tokens; prompts: random token ids of --prompt-len, or --gsm8k
+questions through the target's chat template), after a warm-up. Reported: requests/s, generated
+tokens/s, p50/p99 latency (client-side, whole response) and the draft acceptance rate.
 Without --target the models are random-init (bench_decode.random_pair plus a tokenizer): their
 acceptance says how the machinery performs, not what a trained pair gets.
 """
