@@ -97,11 +97,16 @@ class SlotLayer(DynamicLayer):
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self.batch_select_indices(beam_idx)
 
-    def offload(self):
-        raise NotImplementedError("SlotLayer keeps its buffers on one device")
+    def offload(self):  # the buffers move, so the views must follow (the base class moves only the views)
+        if self.is_initialized:
+            self._k, self._v = self._k.to("cpu", non_blocking=True), self._v.to("cpu", non_blocking=True)
+            self._view()
 
     def prefetch(self):
-        raise NotImplementedError("SlotLayer keeps its buffers on one device")
+        if self.is_initialized and self._k.device != self.device:
+            self._k = self._k.to(self.device, non_blocking=True)
+            self._v = self._v.to(self.device, non_blocking=True)
+            self._view()
 
     @staticmethod
     def stacked(a: SlotLayer | None, rows_a: int, b: SlotLayer | None, rows_b: int, width: int) -> SlotLayer:
